@@ -1,7 +1,8 @@
-"""Ground truths and predictions shared by the evaluation tests.
+"""Fixtures of the evaluation tests.
 
 The hand-built ground truth has non-contiguous category ids (1, 3, 90), polygon and RLE masks, small,
-medium and large objects, an ignored ``iscrowd`` region and an image without objects.
+medium and large objects, an ignored ``iscrowd`` region and an image without objects. Helpers are
+exposed as fixtures (test modules cannot import this file under ``--import-mode=importlib``).
 """
 
 import json
@@ -10,12 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pycocotools.mask as mask_util
 import pytest
 import torch
+from faster_coco_eval.core import mask as mask_util
 
 LABEL_TO_CATEGORY_ID = {1: 1, 2: 3, 3: 90}
-CATEGORY_TO_LABEL = {category: label for label, category in LABEL_TO_CATEGORY_ID.items()}
 
 Prediction = dict[str, torch.Tensor]
 
@@ -49,7 +49,7 @@ def _finish(images: list[dict], objects: list[tuple[int, int, object, int]]) -> 
         annotation["area"] = float(mask_util.area(rle))
         annotation["bbox"] = mask_util.toBbox(rle).tolist()
         annotations.append(annotation)
-    categories = [{"id": cat, "name": f"class{cat}"} for cat in sorted(CATEGORY_TO_LABEL)]
+    categories = [{"id": cat, "name": f"class{cat}"} for cat in sorted(LABEL_TO_CATEGORY_ID.values())]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
@@ -92,11 +92,10 @@ def build_hand_gt() -> dict:
     return _finish(images, objects)
 
 
-def predictions_from_gt(
-    gt: dict, category_to_label: dict[int, int] = CATEGORY_TO_LABEL, with_masks: bool = True
-) -> dict[int, Prediction]:
+def predictions_from_gt(gt: dict, label_to_category_id: dict[int, int]) -> dict[int, Prediction]:
     """Perfect predictions: every non-crowd object as a detection with score 1 (its box, and its mask as
     Nx1xHxW float), and all of an image's objects as its RPN proposals."""
+    category_to_label = {category: label for label, category in label_to_category_id.items()}
     images = {image["id"]: image for image in gt["images"]}
     predictions = {}
     for image_id, image in images.items():
@@ -108,22 +107,21 @@ def predictions_from_gt(
             "labels": torch.tensor([category_to_label[a["category_id"]] for a in objects], dtype=torch.int64),
             "proposals": boxes.reshape(-1, 4).float(),
         }
-        if with_masks:
-            masks = [annotation_mask(a, image["height"], image["width"]) for a in objects]
-            shape = (len(objects), 1, image["height"], image["width"])
-            prediction["masks"] = (
-                torch.from_numpy(np.stack(masks)).float().reshape(shape) if masks else torch.zeros(shape)
-            )
+        masks = [annotation_mask(a, image["height"], image["width"]) for a in objects]
+        shape = (len(objects), 1, image["height"], image["width"])
+        prediction["masks"] = (
+            torch.from_numpy(np.stack(masks)).float().reshape(shape) if masks else torch.zeros(shape)
+        )
         predictions[image_id] = prediction
     return predictions
 
 
 def noisy_predictions(gt: dict, seed: int) -> dict[int, Prediction]:
-    """Imperfect predictions: perfect ones with jittered boxes, eroded/shifted masks, random scores and
-    labels, some objects missed and some false positives (including on images without objects)."""
+    """Imperfect predictions: perfect ones with jittered boxes, shifted masks, random scores and some
+    random labels, some objects missed and false positives (also on images without objects)."""
     generator = torch.Generator().manual_seed(seed)
     predictions = {}
-    for image_id, perfect in predictions_from_gt(gt).items():
+    for image_id, perfect in predictions_from_gt(gt, LABEL_TO_CATEGORY_ID).items():
         n = len(perfect["boxes"])
         _, _, height, width = perfect["masks"].shape
         keep = torch.rand(n, generator=generator) > 0.2
@@ -150,26 +148,32 @@ def noisy_predictions(gt: dict, seed: int) -> dict[int, Prediction]:
 
 
 @pytest.fixture
+def label_to_category_id() -> dict[int, int]:
+    """Contiguous labels of the hand-built ground truth -> its category ids."""
+    return dict(LABEL_TO_CATEGORY_ID)
+
+
+@pytest.fixture
 def hand_gt() -> dict:
     return build_hand_gt()
 
 
 @pytest.fixture
 def hand_predictions(hand_gt: dict) -> dict[int, Prediction]:
-    return predictions_from_gt(hand_gt)
+    """Perfect predictions for ``hand_gt``, by image id."""
+    return predictions_from_gt(hand_gt, LABEL_TO_CATEGORY_ID)
 
 
 @pytest.fixture
-def gt_predictions() -> Callable[..., dict[int, Prediction]]:
-    """The perfect-prediction builder, for ground truths other than the hand-built one."""
+def perfect_predictions() -> Callable[[dict, dict[int, int]], dict[int, Prediction]]:
+    """``(ground truth, label_to_category_id) -> perfect predictions by image id``."""
     return predictions_from_gt
 
 
 @pytest.fixture
-def noisy_case() -> tuple[dict, dict[int, Prediction]]:
-    """Hand-built ground truth with imperfect predictions."""
-    gt = build_hand_gt()
-    return gt, noisy_predictions(gt, seed=0)
+def hand_noisy_predictions(hand_gt: dict) -> Callable[[int], dict[int, Prediction]]:
+    """``seed -> imperfect predictions for hand_gt by image id``."""
+    return lambda seed: noisy_predictions(hand_gt, seed)
 
 
 @pytest.fixture
