@@ -1,0 +1,14 @@
+"""Access to the project's Hydra configuration tree (``conf/``) outside ``@hydra.main`` entry points."""
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose_config(overrides: list[str], config_name: str | None = None) -> DictConfig:
+    """Composes ``config_name`` (or nothing, for single groups such as ``+model=light``) with overrides."""
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return compose(config_name=config_name, overrides=overrides)

@@ -1,0 +1,24 @@
+"""DATNet model components (Sec. 3 of the paper), composed on torchvision's Mask R-CNN."""
+
+from datnet.models.aux_heads import DenseAuxHead, DistanceTransformHead, SemanticHead
+from datnet.models.auxiliary import DenseAuxiliaryTasks
+from datnet.models.build import build_datnet, load_model_checkpoint
+from datnet.models.datnet import DATNet, DATNetTransform
+from datnet.models.fusion import FeatureFusion
+from datnet.models.losses import dense_focal_loss
+from datnet.models.mspwa import MaxSqueezeExcitation, MultiScaleAttentionPooler
+
+__all__ = [
+    "DATNet",
+    "DATNetTransform",
+    "DenseAuxHead",
+    "DenseAuxiliaryTasks",
+    "DistanceTransformHead",
+    "FeatureFusion",
+    "MaxSqueezeExcitation",
+    "MultiScaleAttentionPooler",
+    "SemanticHead",
+    "build_datnet",
+    "dense_focal_loss",
+    "load_model_checkpoint",
+]

@@ -1,0 +1,143 @@
+"""Builds DATNet from the values of ``conf/model/*.yaml``: every switch of the paper is an argument here."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+
+from datnet.models.aux_heads import DistanceTransformHead, SemanticHead
+from datnet.models.auxiliary import DenseAuxiliaryTasks
+from datnet.models.backbone import build_resnet_fpn_backbone, load_state_dict_file, resolve_norm
+from datnet.models.datnet import DATNet
+from datnet.models.fusion import FeatureFusion
+from datnet.models.mspwa import MultiScaleAttentionPooler
+from datnet.models.roi_feature_extractors import build_box_head, build_res5
+
+POOLED_LEVELS = ["0", "1", "2", "3"]
+FPN_CHANNELS = 256
+MASK_HEADS = ("fpn", "res5", "none")
+
+
+def build_pooler(kind: str, pool_size: int, sampling_ratio: int = 2) -> tuple[nn.Module, int]:
+    """FPN level assignment (``fpn``) or MSPwA (``mspwa``) over P2..P5, and its output channels."""
+    if kind == "fpn":
+        return MultiScaleRoIAlign(POOLED_LEVELS, pool_size, sampling_ratio), FPN_CHANNELS
+    if kind == "mspwa":
+        pooler = MultiScaleAttentionPooler(POOLED_LEVELS, pool_size, sampling_ratio, FPN_CHANNELS)
+        return pooler, pooler.out_channels
+    raise ValueError(f"model.pooler must be fpn or mspwa; got {kind!r}")
+
+
+def build_auxiliary(
+    num_classes: int,
+    dt: bool = True,
+    seg: bool = True,
+    dt_weight: float = 0.25,
+    seg_weight: float = 0.25,
+    dt_bins: int = 4,
+    background_alpha: float = 0.2,
+    gamma: float = 2.0,
+    ignore_index: int = 255,
+    fusion: str = "sum",
+) -> DenseAuxiliaryTasks | None:
+    """The auxiliary branch for the enabled heads, or ``None`` when both are off (plain Mask R-CNN)."""
+    heads = {}
+    if dt:
+        heads["dt"] = DistanceTransformHead(dt_bins, FPN_CHANNELS)
+    if seg:
+        heads["sem"] = SemanticHead(num_classes, FPN_CHANNELS)
+    if not heads:
+        if fusion != "sum":
+            raise ValueError(f"model.fusion={fusion} needs model.aux.dt or model.aux.seg enabled")
+        return None
+    return DenseAuxiliaryTasks(
+        heads,
+        FeatureFusion(fusion, FPN_CHANNELS),
+        {"dt": dt_weight, "sem": seg_weight},
+        background_alpha,
+        gamma,
+        ignore_index,
+    )
+
+
+def build_datnet(
+    num_classes: int = 81,
+    backbone: Mapping[str, Any] | None = None,
+    aux: Mapping[str, Any] | None = None,
+    fusion: str = "sum",
+    pooler: str = "fpn",
+    box_head: str = "2fc",
+    mask_head: str = "fpn",
+    box_pool_size: int = 7,
+    mask_pool_size: int = 14,
+    sampling_ratio: int = 2,
+    resize_images: bool = True,
+    checkpoint: str | None = None,
+    detector: Mapping[str, Any] | None = None,
+) -> DATNet:
+    """DATNet from config values.
+
+    Light (Fig. 4 left): ``pooler=mspwa, box_head=res5, mask_head=fpn, box_pool_size=7, mask_pool_size=14``.
+    Heavy (Fig. 4 right): ``pooler=mspwa, box_head=res5, mask_head=res5, box_pool_size=14`` - one MSPwA and
+    one res5 shared by the box and mask branches; the mask is a deconv + 1x1 conv giving 14x14.
+    All off (``aux.dt=aux.seg=false, pooler=fpn, box_head=2fc, mask_head=fpn``) is torchvision's Mask R-CNN.
+    ``detector`` passes torchvision ``MaskRCNN`` keyword arguments (``min_size``,
+    ``box_batch_size_per_image``, ...). ``checkpoint`` loads a whole-model state dict (strict) from a
+    local file.
+    """
+    backbone_cfg = dict(backbone or {})
+    arch = backbone_cfg.get("name", "resnet50")
+    fpn, stage5_state = build_resnet_fpn_backbone(**backbone_cfg)
+    norm_layer = resolve_norm(backbone_cfg.get("norm", "auto"), backbone_cfg.get("weights"))
+    if mask_head not in MASK_HEADS:
+        raise ValueError(f"model.mask_head must be one of {MASK_HEADS}; got {mask_head!r}")
+
+    box_pool, pooled_channels = build_pooler(pooler, box_pool_size, sampling_ratio)
+    res5 = build_res5(arch, pooled_channels, norm_layer, stage5_state) if box_head == "res5" else None
+    box_extractor, representation = build_box_head(box_head, pooled_channels, box_pool_size, res5)
+    heads: dict[str, Any] = {
+        "box_roi_pool": box_pool,
+        "box_head": box_extractor,
+        "box_predictor": FastRCNNPredictor(representation, num_classes),
+    }
+    if mask_head == "res5":
+        if res5 is None:
+            raise ValueError(
+                "model.mask_head=res5 (Heavy) shares the box head's res5: set model.box_head=res5"
+            )
+        heads.update(
+            mask_roi_pool=box_pool,
+            mask_head=res5,
+            mask_predictor=MaskRCNNPredictor(representation, FPN_CHANNELS, num_classes),
+        )
+    elif mask_head == "fpn":
+        mask_pool, mask_channels = build_pooler(pooler, mask_pool_size, sampling_ratio)
+        heads.update(
+            mask_roi_pool=mask_pool,
+            mask_head=MaskRCNNHeads(mask_channels, [FPN_CHANNELS] * 4, 1),
+            mask_predictor=MaskRCNNPredictor(FPN_CHANNELS, FPN_CHANNELS, num_classes),
+        )
+    else:
+        heads["mask_roi_pool"] = False
+
+    model = DATNet(
+        fpn,
+        auxiliary=build_auxiliary(num_classes, fusion=fusion, **dict(aux or {})),
+        resize_images=resize_images,
+        **heads,
+        **dict(detector or {}),
+    )
+    if checkpoint:
+        load_model_checkpoint(model, checkpoint)
+    return model
+
+
+def load_model_checkpoint(model: nn.Module, path: str) -> None:
+    """Loads a whole-model state dict (plain, or a Lightning checkpoint whose keys start with ``model.``)."""
+    state = load_state_dict_file(path)
+    if all(k.startswith("model.") for k in state):
+        state = {k[len("model.") :]: v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)

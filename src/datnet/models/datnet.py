@@ -1,0 +1,106 @@
+"""DATNet: torchvision's Mask R-CNN with dense auxiliary tasks fused before the RPN (Sec. 3, Fig. 2)."""
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+from datnet.models.auxiliary import DenseAuxiliaryTasks
+
+AUX_STRIDE = 4
+
+
+class DATNetTransform(GeneralizedRCNNTransform):
+    """torchvision's normalise/resize/batch transform, with resizing optional.
+
+    The data pipeline resizes images itself (so that auxiliary targets are computed in its workers on exactly
+    the image the model sees); it then sets ``resize_images=False``. When the transform does resize (raw
+    images), dense ``dt``/``sem`` target maps are resized with nearest neighbour to stay at stride 4.
+    """
+
+    def __init__(self, *args, resize_images: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.resize_images = resize_images
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        if not self.resize_images:
+            return image, target
+        image, target = super().resize(image, target)
+        if target is not None:
+            h, w = image.shape[-2:]
+            size = (-(-h // AUX_STRIDE), -(-w // AUX_STRIDE))
+            for key in ("dt", "sem"):
+                if key in target and tuple(target[key].shape[-2:]) != size:
+                    dense = target[key][None, None].float()
+                    target[key] = F.interpolate(dense, size=size, mode="nearest")[0, 0].to(target[key].dtype)
+        return image, target
+
+
+class DATNet(MaskRCNN):
+    """Mask R-CNN whose pyramid is fused with the features of dense auxiliary heads before the RPN.
+
+    Composed by injection: ``auxiliary`` (the DT/semantic heads with fusion, Fig. 2b; ``None`` for plain
+    Mask R-CNN) and the ROI poolers/heads of the box and mask branches (FPN pooling or MSPwA; 2fc, 4conv1fc
+    or res5; Light or Heavy mask heads, Fig. 4). With ``auxiliary=None`` and torchvision's default heads the
+    model is exactly torchvision's ``MaskRCNN``: same modules, same state dict, same outputs.
+    ``mask_roi_pool=False`` removes the mask branch (Faster R-CNN, Table 6).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int | None = None,
+        auxiliary: DenseAuxiliaryTasks | None = None,
+        resize_images: bool = True,
+        mask_roi_pool: nn.Module | bool | None = None,
+        **kwargs,
+    ) -> None:
+        if mask_roi_pool is False:  # Faster R-CNN: skip MaskRCNN's constructor, which adds the mask branch
+            FasterRCNN.__init__(self, backbone, num_classes, **kwargs)
+        else:
+            super().__init__(backbone, num_classes, mask_roi_pool=mask_roi_pool, **kwargs)
+        self.auxiliary = auxiliary
+        old = self.transform
+        self.transform = DATNetTransform(
+            old.min_size,
+            old.max_size,
+            old.image_mean,
+            old.image_std,
+            old.size_divisible,
+            old.fixed_size,
+            resize_images=resize_images,
+        )
+
+    def forward(
+        self,
+        images: list[Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+        *,
+        return_proposals: bool = False,
+        return_aux_maps: bool = False,
+    ):
+        """Training: the loss dict (Mask R-CNN terms plus ``loss_dt``/``loss_seg``, already weighted, so their
+        sum is eq. 3). Inference: torchvision's list of detection dicts; ``return_proposals`` adds the RPN
+        ``proposals`` (in input-image coordinates, by objectness) and ``return_aux_maps`` the softmax maps
+        ``dt``/``sem`` at stride 4 of the (transformed) image."""
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode")
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        image_list, targets = self.transform(images, targets)
+        features = self.backbone(image_list.tensors)
+        aux_losses: dict[str, Tensor] = {}
+        aux_maps: dict[str, Tensor] = {}
+        if self.auxiliary is not None:
+            aux_targets = targets if self.training else None
+            features, aux_losses, aux_maps = self.auxiliary(features, aux_targets, return_aux_maps)
+        proposals, proposal_losses = self.rpn(image_list, features, targets)
+        detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        if self.training:
+            return {**detector_losses, **proposal_losses, **aux_losses}
+        detections = self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+        for i, (det, size, original) in enumerate(zip(detections, image_list.image_sizes, original_sizes)):
+            if return_proposals:
+                det["proposals"] = resize_boxes(proposals[i], size, original)
+            for key, value in aux_maps.items():
+                det[key] = value[i, :, : -(-size[0] // AUX_STRIDE), : -(-size[1] // AUX_STRIDE)]
+        return detections

@@ -1,0 +1,224 @@
+"""DATNet end to end: loss terms, inference format, presets, torchvision equivalence, weights."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from torchvision.models import resnet18
+from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+from datnet.configs import compose_config
+from datnet.models import build_datnet
+from datnet.paper_tables import TABLE7
+
+from .conftest import NUM_CLASSES, SMALL_DETECTOR, small_model
+
+MASK_RCNN_LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("aux", "extra"),
+    [
+        (dict(dt=False, seg=False), set()),
+        (dict(dt=True, seg=False), {"loss_dt"}),
+        (dict(dt=False, seg=True), {"loss_seg"}),
+        (dict(dt=True, seg=True), {"loss_dt", "loss_seg"}),
+    ],
+)
+def test_train_mode_loss_terms(batch, aux, extra):
+    model = small_model("maskrcnn", aux=aux)
+    model.train()
+    losses = model(*batch)
+    assert set(losses) == MASK_RCNN_LOSSES | extra
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def test_aux_losses_are_weighted(batch):
+    torch.manual_seed(1)
+    model = small_model("light", aux=dict(dt_weight=0.25, seg_weight=0.25))
+    torch.manual_seed(1)
+    doubled = small_model("light", aux=dict(dt_weight=0.5, seg_weight=0.5))
+    model.train(), doubled.train()
+    a, b = model(*batch), doubled(*batch)
+    assert b["loss_dt"].item() == pytest.approx(2 * a["loss_dt"].item(), rel=1e-5)
+    assert b["loss_seg"].item() == pytest.approx(2 * a["loss_seg"].item(), rel=1e-5)
+
+
+def test_training_without_aux_targets_is_a_clear_error(batch):
+    images, targets = batch
+    for t in targets:
+        del t["dt"]
+    model = small_model("light").train()
+    with pytest.raises(KeyError, match="'dt' map"):
+        model(images, targets)
+
+
+@pytest.mark.parametrize("preset", ["maskrcnn", "light", "heavy"])
+def test_eval_returns_torchvision_format_without_aux_logits(batch, preset):
+    model = small_model(preset).eval()
+    calls = []
+    if model.auxiliary is not None:
+        for head in model.auxiliary.heads.values():
+            head.predictor.register_forward_hook(lambda *_: calls.append(1))
+    images = batch[0]
+    with torch.no_grad():
+        out = model(images)
+    assert calls == []
+    assert len(out) == 2
+    for det, img in zip(out, images):
+        assert set(det) == {"boxes", "labels", "scores", "masks"}
+        assert det["masks"].shape[1:] == (1, *img.shape[-2:])
+        assert det["boxes"].shape[1] == 4 and det["labels"].dtype == torch.int64
+
+
+def test_aux_maps_and_proposals_on_request(batch):
+    model = small_model("light").eval()
+    with torch.no_grad():
+        out = model(batch[0], return_proposals=True, return_aux_maps=True)
+    det = out[0]
+    assert det["dt"].shape[0] == 4 and det["sem"].shape[0] == NUM_CLASSES
+    torch.testing.assert_close(det["dt"].sum(0), torch.ones_like(det["dt"][0]))  # softmax probabilities
+    assert (
+        det["proposals"].shape[1] == 4 and len(det["proposals"]) <= SMALL_DETECTOR["rpn_post_nms_top_n_test"]
+    )
+
+
+@pytest.mark.parametrize(("preset", "resolution"), [("light", 28), ("heavy", 14)])
+def test_mask_head_resolution(batch, preset, resolution):
+    model = small_model(preset).eval()
+    logits = []
+    model.roi_heads.mask_predictor.register_forward_hook(lambda m, i, o: logits.append(o))
+    with torch.no_grad():
+        model(batch[0])
+    assert logits[0].shape[-2:] == (resolution, resolution)
+
+
+def test_heavy_shares_pooler_and_res5_between_box_and_mask():
+    model = small_model("heavy")
+    heads = model.roi_heads
+    assert heads.mask_roi_pool is heads.box_roi_pool
+    assert heads.mask_head is heads.box_head.res5
+    assert heads.box_roi_pool.output_size == (14, 14)
+
+
+def test_faster_rcnn_variant_has_no_mask_branch(batch):
+    model = small_model("maskrcnn", mask_head="none")
+    assert not model.roi_heads.has_mask()
+    model.train()
+    assert "loss_mask" not in model(*batch)
+    model.eval()
+    with torch.no_grad():
+        assert "masks" not in model(batch[0])[0]
+
+
+def test_bad_switches_are_clear_errors():
+    with pytest.raises(ValueError, match="model.pooler"):
+        small_model("light", pooler="max")
+    with pytest.raises(ValueError, match="model.mask_head=res5"):
+        small_model("maskrcnn", mask_head="res5")
+    with pytest.raises(ValueError, match="model.fusion=sum2conv"):
+        small_model("maskrcnn", fusion="sum2conv")
+
+
+def test_maskrcnn_preset_is_torchvision_maskrcnn():
+    """Same state dict (strict) and identical outputs on the same input."""
+    torch.manual_seed(0)
+    reference = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=81, min_size=128, max_size=160
+    )
+    cfg = compose_config(["+model=maskrcnn", "model.detector.min_size=128", "model.detector.max_size=160"])
+    ours = instantiate(cfg.model)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    assert set(ours.state_dict()) == set(reference.state_dict())
+    reference.eval(), ours.eval()
+    # a trained-looking detector: make the classifier fire so that detections are not empty
+    with torch.no_grad():
+        for m in (reference, ours):
+            m.roi_heads.box_predictor.cls_score.bias[1:] = 5.0
+    images = [torch.rand(3, 120, 150), torch.rand(3, 100, 140)]
+    with torch.no_grad():
+        expected, got = reference(images), ours(images)
+    for e, g in zip(expected, got):
+        assert set(e) == set(g) and len(e["boxes"]) > 0
+        for key in e:
+            torch.testing.assert_close(g[key], e[key], rtol=0, atol=0)
+
+
+def test_backbone_and_res5_from_local_imagenet_state_dict(tmp_path):
+    torch.manual_seed(0)
+    imagenet = resnet18()
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(imagenet.state_dict(), path)
+    model = small_model("light", backbone=dict(name="resnet18", weights=str(path)))
+    body = model.backbone.body
+    torch.testing.assert_close(body.conv1.weight, imagenet.conv1.weight)
+    torch.testing.assert_close(body.layer3[1].bn2.running_mean, imagenet.layer3[1].bn2.running_mean)
+    assert type(body.bn1).__name__ == "FrozenBatchNorm2d"  # norm=auto with weights
+    assert not body.layer1[0].conv1.weight.requires_grad  # 3 trainable stages with weights
+    res5 = model.roi_heads.box_head.res5
+    # ResNet-18's stage 5 takes 256 channels, MSPwA gives 1024: blocks after the first match and are copied
+    torch.testing.assert_close(res5[1].conv1.weight, imagenet.layer4[1].conv1.weight)
+
+
+def test_res5_fully_initialised_from_resnet50_stage5(tmp_path):
+    from torchvision.models import resnet50
+
+    imagenet = resnet50()
+    path = tmp_path / "r50.pth"
+    torch.save(imagenet.state_dict(), path)
+    model = build_datnet(
+        num_classes=3,
+        backbone=dict(name="resnet50", weights=str(path)),
+        pooler="mspwa",
+        box_head="res5",
+        aux=dict(dt=False, seg=False),
+    )
+    res5 = model.roi_heads.box_head.res5
+    reference = imagenet.layer4.state_dict()
+    for key, value in res5.state_dict().items():  # frozen BN: weights and statistics, no batch counter
+        torch.testing.assert_close(value, reference[key])
+
+
+def test_wrong_weights_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "not_resnet.pth"
+    torch.save({"foo": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="not_resnet.pth"):
+        small_model("light", backbone=dict(name="resnet18", weights=str(path)))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        small_model("light", backbone=dict(name="resnet18", weights=str(tmp_path / "missing.pth")))
+
+
+@pytest.mark.parametrize("lightning_format", [False, True])
+def test_whole_model_checkpoint_loads(tmp_path, lightning_format):
+    torch.manual_seed(0)
+    source = small_model("heavy")
+    state = source.state_dict()
+    if lightning_format:
+        state = {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3}
+    path = tmp_path / "model.ckpt"
+    torch.save(state, path)
+    torch.manual_seed(1)
+    loaded = small_model("heavy", checkpoint=str(path))
+    for (name, a), b in zip(source.state_dict().items(), loaded.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_model_report_matches_table7():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "model_report.py"), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rows = json.loads(out.strip().splitlines()[-1])
+    assert {(r["model"], r["backbone"]) for r in rows} == set(TABLE7)
+    for row in rows:
+        assert row["num_classes"] == 81
+        paper = TABLE7[(row["model"], row["backbone"])][1] * 1e6
+        assert abs(row["params"] / paper - 1) < 0.005, row
