@@ -1,0 +1,153 @@
+"""The detection dataset shared by every source: record -> (image tensor, target dict) in the sample contract.
+
+An item is `(image, target)`:
+
+* `image`: float32 3xHxW in [0, 1], RGB, already augmented and resized (the model does not resize again).
+* `target`: `boxes` float32 Nx4 xyxy in pixels of `image`; `labels` int64 N in 1..C; `masks` uint8 NxHxW
+  (for box-only data the filled box, paper Sec. 4.4); `image_id` int (original dataset id); `orig_size` int64
+  [H0, W0] of the file; `area` float32 N (mask pixels in `image`); `iscrowd` int64 N (zeros: crowd regions are
+  never instances); `dt`, `sem` uint8 (ceil(H/4), ceil(W/4)) dense auxiliary targets of Sec. 3.1 with 255 =
+  ignore (see `aux_targets`). Unannotated data (COCO test-dev) has no instances and all-ignore `dt`/`sem`.
+
+An image that cannot be read yields a `SkippedSample` instead of raising; `collate` drops those.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datnet.data.aux_targets import IGNORE, dense_aux_targets, grid_shape
+from datnet.data.image_io import ImageLoadError, read_rgb
+from datnet.data.masks import decode_masks
+from datnet.data.records import Category, ImageRecord, Instance, SourceData
+from datnet.data.transforms import apply_transforms, image_to_tensor
+
+Sample = tuple[torch.Tensor, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """Stands in for an item whose image could not be loaded; `reason` names the file and the problem."""
+
+    index: int
+    path: str
+    reason: str
+    image_id: int | None = None
+
+
+def collate(
+    batch: list[Sample | SkippedSample],
+) -> tuple[list[torch.Tensor], list[dict], list[SkippedSample]]:
+    """Batch as (images, targets, skipped): lists, as images differ in size; skipped items are set apart."""
+    images, targets, skipped = [], [], []
+    for item in batch:
+        if isinstance(item, SkippedSample):
+            skipped.append(item)
+        else:
+            images.append(item[0])
+            targets.append(item[1])
+    return images, targets, skipped
+
+
+class DetectionDataset(Dataset):
+    """Loads the records of one split, applies the transforms and builds the targets (module docstring).
+
+    Args:
+        source: parsed records, categories and annotation-problem counts of the split.
+        transforms: albumentations pipeline from `build_transforms`.
+        categories: the label space (label k = categories[k-1]); defaults to the source's own categories. Pass
+            the training split's list to the other splits so that labels agree.
+        aux_stride: stride of the dense auxiliary targets (4: the P2 resolution of the aux heads).
+        use_difficult: train on VOC `difficult` objects instead of treating them as ignore regions.
+    """
+
+    def __init__(
+        self,
+        source: SourceData,
+        transforms: A.Compose,
+        categories: list[Category] | None = None,
+        aux_stride: int = 4,
+        use_difficult: bool = False,
+    ) -> None:
+        self.records: list[ImageRecord] = source.records
+        self.categories = list(categories if categories is not None else source.categories)
+        if len(self.categories) >= IGNORE:
+            raise ValueError(f"{len(self.categories)} classes do not fit the uint8 semantic target")
+        self.category_to_label = {c.id: k + 1 for k, c in enumerate(self.categories)}
+        self.annotated = source.annotated
+        self.transforms = transforms
+        self.aux_stride = aux_stride
+        self.use_difficult = use_difficult
+        self.skip_counts: Counter[str] = source.skips.counts
+        self._drop_unknown_categories(source)
+        source.skips.log_summary()
+
+    def _drop_unknown_categories(self, source: SourceData) -> None:
+        """Instances whose category is not in the label space are counted and removed."""
+        for rec in self.records:
+            kept = []
+            for inst in rec.instances:
+                if inst.category_id is None or inst.category_id in self.category_to_label:
+                    kept.append(inst)
+                else:
+                    source.skips.add(
+                        "unknown_category",
+                        f"{rec.path}: annotation {inst.ann_id} category_id={inst.category_id}",
+                    )
+            rec.instances = kept
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def aspect_ratios(self) -> np.ndarray:
+        """Width / height of every image, from the annotations (no file is opened)."""
+        return np.array([r.width / r.height for r in self.records], dtype=np.float64)
+
+    def is_ignore_region(self, inst: Instance) -> bool:
+        """Crowd regions, unlabelled (void) regions and, unless `use_difficult`, VOC difficult objects."""
+        return inst.iscrowd or inst.category_id is None or (inst.difficult and not self.use_difficult)
+
+    def __getitem__(self, index: int) -> Sample | SkippedSample:
+        rec = self.records[index]
+        try:
+            image = read_rgb(rec.path, (rec.width, rec.height))
+        except ImageLoadError as e:
+            return SkippedSample(index, str(rec.path), str(e), rec.image_id)
+
+        objects = [i for i in rec.instances if not self.is_ignore_region(i)]
+        ignored = [i for i in rec.instances if self.is_ignore_region(i)]
+        instances = objects + ignored
+        masks = decode_masks(instances, rec.height, rec.width)
+        boxes = np.array([i.bbox for i in instances], dtype=np.float32).reshape(-1, 4)
+        image, masks, boxes, keep = apply_transforms(self.transforms, image, masks, boxes)
+
+        is_object = keep < len(objects)
+        labels = np.array(
+            [self.category_to_label[objects[k].category_id] for k in keep[is_object]], dtype=np.int64
+        )
+        obj_masks = np.ascontiguousarray(masks[is_object])
+        if self.annotated:
+            dt, sem = dense_aux_targets(obj_masks, labels, masks[~is_object], self.aux_stride)
+        else:
+            dt = np.full(grid_shape(*image.shape[:2], self.aux_stride), IGNORE, dtype=np.uint8)
+            sem = dt.copy()
+        target = {
+            "boxes": torch.from_numpy(boxes[is_object]),
+            "labels": torch.from_numpy(labels),
+            "masks": torch.from_numpy(obj_masks),
+            "image_id": rec.image_id,
+            "orig_size": torch.tensor([rec.height, rec.width], dtype=torch.int64),
+            "area": torch.tensor([cv2.countNonZero(m) for m in obj_masks], dtype=torch.float32),
+            "iscrowd": torch.zeros(len(labels), dtype=torch.int64),
+            "dt": torch.from_numpy(dt),
+            "sem": torch.from_numpy(sem),
+        }
+        return image_to_tensor(image), target
