@@ -1,5 +1,5 @@
-"""Data: sources (COCO, VOC, Penn-Fudan, VOC instance PNGs, embedded shapes), augmentation, the dense auxiliary
-targets of paper Sec. 3.1, samplers and Lightning data modules."""
+"""Data: sources (COCO, VOC, Penn-Fudan, VOC instance PNGs, embedded shapes), augmentation, the dense
+auxiliary targets of paper Sec. 3.1, samplers and Lightning data modules."""
 
 from datnet.data.datamodule import (
     CocoDataModule,

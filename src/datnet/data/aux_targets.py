@@ -65,14 +65,14 @@ def dense_aux_targets(
     1..C and MxHxW ignore masks, all in the pixels of the image the model sees. See the module docstring."""
     height, width = masks.shape[1:] if masks.ndim == 3 else ignore_masks.shape[1:]
     gh, gw = grid_shape(height, width, stride)
-    dist = np.zeros((gh, gw), dtype=np.float32)
+    dist = np.zeros((gh, gw), dtype=np.float64)  # float64: ratios such as 1/5 must not cross a bin edge
     sem = np.zeros((gh, gw), dtype=np.uint8)
 
     cells = [_cell_mask(m, stride) for m in masks]
     present = [(c, int(lab)) for c, lab in zip(cells, labels, strict=True) if c is not None]
     present.sort(key=lambda item: -int(item[0][0].sum()))  # stable: decreasing area, later wins ties
     for (inside, r0, c0), label in present:
-        d = distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1].astype(np.float32)
+        d = distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]
         peak = d.max()
         if peak == 0:  # all cells under half-covered: the object vanishes at this stride
             continue
