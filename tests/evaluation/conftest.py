@@ -171,9 +171,9 @@ def perfect_predictions() -> Callable[[dict, dict[int, int]], dict[int, Predicti
 
 
 @pytest.fixture
-def hand_noisy_predictions(hand_gt: dict) -> Callable[[int], dict[int, Prediction]]:
-    """``seed -> imperfect predictions for hand_gt by image id``."""
-    return lambda seed: noisy_predictions(hand_gt, seed)
+def imperfect_predictions() -> Callable[[dict, int], dict[int, Prediction]]:
+    """``(ground truth with the hand-built categories, seed) -> imperfect predictions by image id``."""
+    return noisy_predictions
 
 
 @pytest.fixture

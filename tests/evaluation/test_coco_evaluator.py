@@ -113,9 +113,9 @@ def test_crowd_regions_are_ignored(
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_pycocotools(
-    label_to_category_id: dict[int, int], hand_gt: dict, hand_noisy_predictions: Callable, seed: int
+    label_to_category_id: dict[int, int], hand_gt: dict, imperfect_predictions: Callable, seed: int
 ) -> None:
-    evaluator = full_evaluator(hand_gt, label_to_category_id, hand_noisy_predictions(seed))
+    evaluator = full_evaluator(hand_gt, label_to_category_id, imperfect_predictions(hand_gt, seed))
     metrics = evaluator.compute()
     assert 0 < metrics["bbox/AP"] < 1
     for iou_type in ("bbox", "segm"):
@@ -128,9 +128,9 @@ def test_matches_pycocotools(
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_proposal_recall_matches_pycocotools(
-    label_to_category_id: dict[int, int], hand_gt: dict, hand_noisy_predictions: Callable, seed: int
+    label_to_category_id: dict[int, int], hand_gt: dict, imperfect_predictions: Callable, seed: int
 ) -> None:
-    evaluator = full_evaluator(hand_gt, label_to_category_id, hand_noisy_predictions(seed))
+    evaluator = full_evaluator(hand_gt, label_to_category_id, imperfect_predictions(hand_gt, seed))
     metrics = evaluator.compute()
     proposals = [{**p, "category_id": 1} for p in evaluator.results("rpn")]
     recall = pycocotools_eval(hand_gt, proposals, "bbox", use_cats=False).eval["recall"]  # [T, K=1, A, M]
