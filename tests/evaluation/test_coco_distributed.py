@@ -51,6 +51,7 @@ def run_distributed(
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
+                process.join()
             pytest.fail(f"distributed evaluation did not finish within {TIMEOUT_S} s")
     return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
 

@@ -59,6 +59,8 @@ def detection_metrics(
 ) -> dict[str, float]:
     """COCO AP, AP50, AP75 and AP for small/medium/large objects of ``results`` (box records for
     ``"bbox"``, RLE records without ``bbox`` for ``"segm"``) on ``image_ids``, keyed ``"{iou_type}/AP"``...
+
+    The records are modified (``COCO.loadRes`` adds ``id``, ``area``...): pass fresh ones.
     """
     coco_eval = _evaluate(coco_gt, results, iou_type, image_ids, use_cats=True)
     if coco_eval is None:
@@ -74,6 +76,8 @@ def proposal_recall(coco_gt: COCO, proposals: list[dict], image_ids: Sequence[in
 
     ``proposals`` are box records without ``category_id`` whose score orders them within an image. They
     are evaluated with ``useCats=0``; the category id they are given only has to exist in ``coco_gt``.
+    ``_summarize`` is COCOeval's own recall average for one area range and number of proposals (its
+    ``stats`` give S/M/L recall at the largest number only).
     """
     category_ids = coco_gt.getCatIds()
     records = [{**proposal, "category_id": category_ids[0]} for proposal in proposals] if category_ids else []

@@ -28,11 +28,10 @@ def encode_masks(masks: Tensor) -> list[dict]:
     ``masks`` is Nx1xHxW (torchvision Mask R-CNN output, pasted into the image) or NxHxW. The ``counts`` of
     each returned RLE is decoded to ``str`` so that the record can be written to JSON.
     """
-    masks = masks.detach().cpu()
     if masks.dim() == 4:
         masks = masks[:, 0]
-    binary = (masks > MASK_THRESHOLD).permute(1, 2, 0).numpy().astype(np.uint8)
-    rles = mask_util.encode(np.asfortranarray(binary))
+    binary = (masks.detach() > MASK_THRESHOLD).cpu()  # threshold first: moves 1 byte per pixel, not 4
+    rles = mask_util.encode(np.asfortranarray(binary.permute(1, 2, 0).numpy().astype(np.uint8)))
     for rle in rles:
         rle["counts"] = rle["counts"].decode("utf-8")
     return rles
