@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, get_worker_info
@@ -35,8 +34,10 @@ SPLITS = ("train", "val", "test")
 
 
 def _init_worker(worker_id: int, rank: int) -> None:
-    """Give each loader worker (and rank) its own augmentation stream; keep OpenCV single-threaded."""
-    cv2.setNumThreads(1)
+    """Give each loader worker (and rank) its own augmentation stream.
+
+    (No cv2.setNumThreads here: after fork, OpenCV deadlocks tearing down the parent's thread pool.)
+    """
     info = get_worker_info()
     info.dataset.transforms.set_random_seed((info.seed + 1_000_003 * rank) % 2**32)
 

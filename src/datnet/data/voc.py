@@ -64,6 +64,9 @@ def _parse_object(obj: ET.Element, rec: ImageRecord, cat_ids: dict[str, int], sk
     except ValueError:
         skips.add("malformed_object", f"{where}: <bndbox> needs numeric xmin, ymin, xmax, ymax")
         return None
+    if x2 <= x1 or y2 <= y1:  # a point or line (in inclusive indices this would be a 1 px box)
+        skips.add("degenerate_box", f"{where}: (xmin, ymin, xmax, ymax)=({x1:g}, {y1:g}, {x2:g}, {y2:g})")
+        return None
     # VOC boxes are 1-based inclusive pixel indices: to 0-based continuous xyxy as in detectron2.
     box = sanitize_box((x1 - 1, y1 - 1, x2, y2), rec.width, rec.height, skips, where)
     if box is None:

@@ -1,0 +1,88 @@
+"""Loader benchmark on real COCO images (shared/data/tiny_coco) at short side 800, on one core.
+
+Measures, per image, the dense auxiliary targets of Sec. 3.1 alone (`ms_per_image_aux`) and the whole
+`__getitem__` (decode, masks, jitter/flip/resize, aux targets, tensors: `ms_per_image_total`), with
+torch/OpenCV limited to one thread and no loader workers.
+
+    .venv/bin/python scripts/bench_data.py [--root DIR] [--split val] [--repeats 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from datnet.data.aux_targets import dense_aux_targets
+from datnet.data.coco import load_coco
+from datnet.data.dataset import DetectionDataset
+from datnet.data.masks import decode_masks
+from datnet.data.transforms import AugmentConfig, apply_transforms, build_transforms
+
+DEFAULT_ROOT = Path(
+    os.environ.get("DATNET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT / "tiny_coco", help="COCO-format directory")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--repeats", type=int, default=2, help="passes over the split")
+    parser.add_argument("--json", action="store_true", help="print one JSON line only")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+    source = load_coco(
+        args.root / "annotations" / f"instances_{args.split}2017.json", args.root / f"{args.split}2017"
+    )
+    dataset = DetectionDataset(source, build_transforms(AugmentConfig(), train=True))
+    eval_resize = build_transforms(AugmentConfig(), train=False)
+
+    # aux targets alone, on the masks of the resized image (what the dataset feeds them)
+    inputs = []
+    for rec in dataset.records:
+        objects = [i for i in rec.instances if not dataset.is_ignore_region(i)]
+        ignored = [i for i in rec.instances if dataset.is_ignore_region(i)]
+        masks = decode_masks(objects + ignored, rec.height, rec.width)
+        image = np.zeros((rec.height, rec.width, 3), np.uint8)
+        boxes = np.array([i.bbox for i in objects + ignored], np.float32).reshape(-1, 4)
+        _, masks, _, keep = apply_transforms(eval_resize, image, masks, boxes)
+        is_object = keep < len(objects)
+        inputs.append((np.ascontiguousarray(masks[is_object]), np.ones(is_object.sum()), masks[~is_object]))
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        for masks, labels, ignore in inputs:
+            dense_aux_targets(masks, labels, ignore)
+    aux_ms = (time.perf_counter() - start) * 1000 / (args.repeats * len(inputs))
+
+    dataset[0]  # warm-up
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        for i in range(len(dataset)):
+            dataset[i]
+    total_ms = (time.perf_counter() - start) * 1000 / (args.repeats * len(dataset))
+
+    result = {"ms_per_image_aux": round(aux_ms, 2), "ms_per_image_total": round(total_ms, 2)}
+    if args.json:
+        print(json.dumps(result))
+        return
+    n_inst = np.mean([len(m) for m, _, _ in inputs])
+    print(
+        f"{len(dataset)} images of {args.root} ({args.split}), short side 800, {n_inst:.1f} instances/image"
+    )
+    print(f"aux targets (DT + semantic, stride 4): {aux_ms:.2f} ms/image")
+    print(f"whole __getitem__ (1 core, no workers): {total_ms:.2f} ms/image")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Transforms (resize rules, flip consistency), DDP-aware samplers and the Hydra data configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from datnet.data.aux_targets import dense_aux_targets
+from datnet.data.samplers import InferenceSampler, aspect_ratio_groups, training_batch_sampler
+from datnet.data.transforms import AugmentConfig, apply_transforms, build_transforms
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
+
+
+def sample(height: int = 60, width: int = 100):
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, : width // 2] = 200  # bright left half
+    masks = np.zeros((2, height, width), np.uint8)
+    masks[0, 10:30, 8:40] = 1
+    masks[1, 20:50, 60:96] = 1
+    boxes = np.array([[8, 10, 40, 30], [60, 20, 96, 50]], np.float32)
+    return image, masks, boxes
+
+
+@pytest.mark.parametrize(("size", "expected"), [((600, 800), (800, 1067)), ((480, 1600), (400, 1333))])
+def test_eval_resize_short_side_and_long_cap(size, expected):
+    image = np.zeros((*size, 3), np.uint8)
+    out, *_ = apply_transforms(
+        build_transforms(AugmentConfig(), train=False), image, np.zeros((0, *size)), np.zeros((0, 4))
+    )
+    assert out.shape[:2] == expected
+
+
+def test_multiscale_draws_short_sides_from_the_range():
+    cfg = AugmentConfig(
+        multiscale=True, multiscale_range=(400, 1200), multiscale_max_size=1400, color_jitter=0
+    )
+    t = build_transforms(cfg, train=True)
+    t.set_random_seed(0)
+    shorts = set()
+    for _ in range(30):
+        out, *_ = apply_transforms(
+            t, np.zeros((300, 400, 3), np.uint8), np.zeros((0, 300, 400)), np.zeros((0, 4))
+        )
+        assert 400 <= min(out.shape[:2]) <= 1200 and max(out.shape[:2]) <= 1400
+        shorts.add(min(out.shape[:2]))
+    assert len(shorts) > 10
+
+
+def test_flip_and_resize_move_image_masks_boxes_and_targets_together():
+    image, masks, boxes = sample()
+    cfg = AugmentConfig(min_size=120, max_size=400, hflip_prob=1.0, color_jitter=0)
+    out, out_masks, out_boxes, keep = apply_transforms(build_transforms(cfg, train=True), image, masks, boxes)
+    assert out.shape[:2] == (120, 200) and out_masks.shape == (2, 120, 200) and keep.tolist() == [0, 1]
+    expected = np.stack([np.repeat(np.repeat(m[:, ::-1], 2, 0), 2, 1) for m in masks])
+    assert np.array_equal(out_masks, expected)
+    assert out[:, :90].max() == 0 and out[:, 110:].min() == 200  # the image is flipped too
+    np.testing.assert_allclose(out_boxes, [[120, 20, 184, 60], [8, 40, 80, 100]], atol=1e-3)
+    for box, m in zip(out_boxes, out_masks, strict=True):
+        ys, xs = np.nonzero(m)
+        np.testing.assert_allclose(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1e-3)
+    dt, _ = dense_aux_targets(out_masks, np.array([1, 2]), np.zeros((0, 120, 200), np.uint8))
+    ref, _ = dense_aux_targets(expected, np.array([1, 2]), np.zeros((0, 120, 200), np.uint8))
+    assert np.array_equal(dt, ref) and dt.shape == (30, 50)
+
+
+def test_grouped_batches_are_rank_sharded_equal_length_and_reshuffled_per_epoch():
+    ratios = np.r_[np.full(37, 1.5), np.full(23, 0.7)]
+    groups = aspect_ratio_groups(ratios, 3)
+    per_rank = [training_batch_sampler(ratios, 4, 3, rank, 3, seed=1) for rank in range(3)]
+    batches = [list(s) for s in per_rank]
+    assert len({len(b) for b in batches}) == 1 and len(batches[0]) == len(per_rank[0]) == 20 // 4
+    seen = set()
+    for rank_batches in batches:
+        for batch in rank_batches:
+            assert len(batch) == 4 and len({groups[i] for i in batch}) == 1
+            seen.update(batch)
+    assert len(seen) >= 50
+    first = [list(b) for b in per_rank[0]]
+    per_rank[0].sampler.set_epoch(1)
+    assert [list(b) for b in per_rank[0]] != first
+
+
+def test_inference_sampler_visits_every_index_exactly_once():
+    for size, world in ((10, 3), (2, 4), (7, 1)):
+        shards = [list(InferenceSampler(size, r, world)) for r in range(world)]
+        assert sum(shards, []) == list(range(size))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+@pytest.mark.parametrize("name", ["coco", "voc", "pennfudan", "voc_instseg", "shapes"])
+def test_hydra_configs_have_the_user_keys(name):
+    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    for key in ("_target_", "root", "batch_size", "num_workers", "min_size", "max_size", "multiscale"):
+        assert key in cfg, f"{name}.yaml lacks {key}"
+    assert cfg.num_workers == 2 and "${paths.data_dir}" in OmegaConf.to_yaml(cfg)
+
+
+def test_shapes_config_instantiates_with_paths_data_dir(tmp_path):
+    cfg = OmegaConf.create(
+        {"paths": {"data_dir": str(tmp_path)}, "data": OmegaConf.load(CONF / "shapes.yaml")}
+    )
+    cfg.data.num_train, cfg.data.num_val, cfg.data.num_workers = 4, 2, 0
+    dm = instantiate(cfg.data)
+    assert dm.num_classes == 4 and (tmp_path / "shapes" / "annotations" / "instances_val2017.json").exists()
+    images, targets, skipped = next(iter(dm.val_dataloader()))
+    assert len(images) == 2 and skipped == [] and min(images[0].shape[1:]) == cfg.data.min_size
