@@ -1,0 +1,209 @@
+"""Draw a DATNet model's predictions: images or folders in, one PNG per image out.
+
+    python scripts/predict.py --checkpoint last.ckpt experiment=demo model.num_classes=4 \\
+        --class-names circle square triangle data/images/ --output-dir predictions
+    python scripts/predict.py --checkpoint model.pt model=heavy --aux-maps photo.jpg
+
+Positional arguments are image files, folders (searched recursively for image files) and, when they contain
+``=`` and are not existing paths, Hydra overrides of the training configuration (``conf/train.yaml``):
+``model=heavy``, ``experiment=demo``, ``model.backbone.name=resnet18``, ``model.num_classes=4`` - the model
+is built exactly as ``src/train.py`` builds it from the same overrides, then ``--checkpoint`` (a Lightning
+``.ckpt`` or a model state dict) is loaded. Without a checkpoint the weights are random (a smoke test).
+
+Each PNG shows the image at its original size with the masks, boxes and ``class score`` labels of the
+detections scoring at least ``--score-threshold``. ``--aux-maps`` puts the auxiliary heads' predictions beside
+it: the distance transform (expected bin, dark = background/edge, bright = object centre) and the semantic
+map (most likely class, coloured like the boxes, background black). Unreadable images are reported by name,
+skipped and counted; the exit status is 1 when no PNG was written.
+"""
+
+import argparse
+import colorsys
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+from datnet.configs import compose_config
+from datnet.data.image_io import ImageLoadError, read_rgb
+from datnet.data.transforms import image_to_tensor
+from datnet.models import load_model_checkpoint
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+BACKGROUND = "__background__"
+MASK_THRESHOLD = 0.5
+
+
+def split_arguments(values: list[str]) -> tuple[list[Path], list[str]]:
+    """Positional arguments into input paths and Hydra overrides (``key=value`` that is not a path)."""
+    paths, overrides = [], []
+    for value in values:
+        if "=" in value and not Path(value).exists():
+            overrides.append(value)
+        else:
+            paths.append(Path(value))
+    return paths, overrides
+
+
+def collect_images(paths: list[Path]) -> list[Path]:
+    """Files as given (whatever their suffix, so that a bad file is reported) and the image files found
+    recursively under folders, sorted."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(path)
+    return files
+
+
+def build_model(overrides: list[str], checkpoint: str | None, device: str) -> nn.Module:
+    """The model of ``conf/train.yaml`` with ``overrides``, resizing raw images itself, in eval mode."""
+    cfg = compose_config(overrides, config_name="train")
+    model = instantiate(cfg.model, resize_images=True)
+    if checkpoint:
+        load_model_checkpoint(model, checkpoint)
+    return model.eval().to(device)
+
+
+def resolve_class_names(names: list[str] | None, names_file: Path | None, num_classes: int) -> list[str]:
+    """Names by label, index 0 the background; given with or without the background, or ``class <i>``."""
+    if names_file is not None:
+        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    if not names:
+        return [BACKGROUND] + [f"class {i}" for i in range(1, num_classes)]
+    if len(names) == num_classes - 1:
+        names = [BACKGROUND, *names]
+    if len(names) != num_classes:
+        raise SystemExit(
+            f"{len(names)} class names for a model with {num_classes} classes (background included): "
+            f"give {num_classes - 1} names, or {num_classes} with the background first"
+        )
+    return names
+
+
+def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
+    """A fixed, well-spread colour per label (golden-ratio hues); black for the background."""
+    colors = [(0, 0, 0)]
+    for label in range(1, num_classes):
+        rgb = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.75, 1.0)
+        colors.append(tuple(round(255 * c) for c in rgb))
+    return colors
+
+
+def draw_detections(
+    image: Tensor, detection: dict[str, Tensor], names: list[str], colors: list, threshold: float
+) -> Tensor:
+    """``image`` (uint8 3xHxW) with the masks and labelled boxes of detections scoring ``>= threshold``."""
+    keep = detection["scores"] >= threshold
+    labels = detection["labels"][keep].tolist()
+    if not labels:
+        return image
+    label_colors = [colors[label] for label in labels]
+    if "masks" in detection:
+        masks = detection["masks"][keep][:, 0] >= MASK_THRESHOLD
+        image = draw_segmentation_masks(image, masks, alpha=0.45, colors=label_colors)
+    scores = detection["scores"][keep].tolist()
+    captions = [f"{names[label]} {score:.2f}" for label, score in zip(labels, scores)]
+    return draw_bounding_boxes(image, detection["boxes"][keep], captions, label_colors, width=2)
+
+
+def dt_image(dt: Tensor) -> Tensor:
+    """The DT softmax map (K, h, w) as a grey uint8 image: the expected bin scaled to 0..255."""
+    bins = torch.arange(dt.shape[0], dtype=dt.dtype, device=dt.device).view(-1, 1, 1)
+    level = (dt * bins).sum(0) / max(dt.shape[0] - 1, 1)
+    return (level * 255).round().to(torch.uint8).expand(3, -1, -1)
+
+
+def semantic_image(sem: Tensor, colors: list) -> Tensor:
+    """The semantic softmax map (C, h, w) as the colour of the most likely class per pixel."""
+    palette = torch.tensor(colors, dtype=torch.uint8, device=sem.device)
+    return palette[sem.argmax(0)].permute(2, 0, 1)
+
+
+def aux_panels(detection: dict[str, Tensor], size: tuple[int, int], colors: list) -> list[Tensor]:
+    """The DT and semantic maps present in ``detection``, each resized (nearest) to the image ``size``."""
+    panels = []
+    if "dt" in detection:
+        panels.append(dt_image(detection["dt"]))
+    if "sem" in detection:
+        panels.append(semantic_image(detection["sem"], colors))
+    return [F.interpolate(p[None].float(), size=size, mode="nearest")[0].to(torch.uint8) for p in panels]
+
+
+def output_path(output_dir: Path, source: Path, used: set[str]) -> Path:
+    """``<output_dir>/<stem>.png``, with ``_<n>`` appended when an earlier input had the same stem."""
+    name, n = source.stem, 1
+    while name in used:
+        name, n = f"{source.stem}_{n}", n + 1
+    used.add(name)
+    return output_dir / f"{name}.png"
+
+
+@torch.inference_mode()
+def predict_file(
+    model: nn.Module, path: Path, names: list[str], colors: list, args: argparse.Namespace
+) -> Tensor:
+    """The drawn PNG content (uint8 3xHx(W or 3W)) for one image file; raises ``ImageLoadError``."""
+    image = image_to_tensor(read_rgb(path))
+    rgb = image.mul(255).round().to(torch.uint8)
+    detection = model([image.to(args.device)], return_aux_maps=args.aux_maps)
+    detection = {k: v.cpu() for k, v in detection[0].items()}
+    drawn = draw_detections(rgb, detection, names, colors, args.score_threshold)
+    if args.aux_maps:
+        drawn = torch.cat([drawn, *aux_panels(detection, tuple(rgb.shape[-2:]), colors)], dim=2)
+    return drawn
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("inputs", nargs="+", help="image files, folders, and Hydra overrides (key=value)")
+    parser.add_argument("--checkpoint", help="Lightning .ckpt or model state dict (default: random weights)")
+    parser.add_argument("--output-dir", type=Path, default=Path("predictions"))
+    names = parser.add_mutually_exclusive_group()
+    names.add_argument("--class-names", nargs="+", help="names of labels 1..K-1 (or 0..K-1)")
+    names.add_argument("--class-names-file", type=Path, help="a file with one class name per line")
+    parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--aux-maps", action="store_true", help="draw the DT and semantic maps beside")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_intermixed_args(argv)
+    args.paths, args.overrides = split_arguments(args.inputs)
+    if not args.paths:
+        parser.error("no input image or folder given")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    files = collect_images(args.paths)
+    model = build_model(args.overrides, args.checkpoint, args.device)
+    if args.aux_maps and getattr(model, "auxiliary", None) is None:
+        raise SystemExit("--aux-maps: the model has no auxiliary heads (model.aux.dt and model.aux.seg off)")
+    num_classes = model.roi_heads.box_predictor.cls_score.out_features
+    names = resolve_class_names(args.class_names, args.class_names_file, num_classes)
+    colors = class_colors(num_classes)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    written, unreadable = 0, 0
+    for path in files:
+        try:
+            drawn = predict_file(model, path, names, colors, args)
+        except ImageLoadError as error:
+            print(f"skipped unreadable image: {error}", file=sys.stderr)
+            unreadable += 1
+            continue
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(output_path(args.output_dir, path, used))
+        written += 1
+    print(f"wrote {written} PNG(s) to {args.output_dir}; {unreadable} unreadable image(s) skipped")
+    return 0 if written else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

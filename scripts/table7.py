@@ -1,0 +1,227 @@
+"""Table 7 rebuilt: parameters and per-image inference latency of Mask R-CNN, Light and Heavy, side by side.
+
+    python scripts/table7.py                                   # R50 + X101, CPU (+ GPU fp32/bf16 with CUDA)
+    python scripts/table7.py --backbones resnet50 --size 512 --repeats 3 --devices cpu
+    python scripts/table7.py --json                            # one line: a list of rows
+    python scripts/table7.py --overrides +model.detector.rpn_post_nms_top_n_test=100  # any model setting
+
+Every model of a backbone is timed on the same images in one run, one image per forward (as the paper: one
+image per GPU), in eval mode under ``torch.inference_mode`` after warm-up passes; the repeats are interleaved
+across the models (so that load on the machine affects them alike) and the median over repeats is reported.
+Images are the real COCO images of ``$DATNET_SHARED_DATA/tiny_coco`` (default ``<repo>/../shared/data``)
+when present, else random tensors of ``size x 1.52 size`` (800 x 1216); the models resize them to a short
+side of ``--size`` (long side at most ``1333 * size / 800``), as in the paper's COCO evaluation.
+
+Weights are random (nothing is downloaded), so the box score threshold is set to 0: every image then keeps
+the full ``box_detections_per_img`` (100) detections that go through the mask branch and the mask pasting,
+as a trained model does on COCO images. With the default threshold (0.05) a random model keeps almost no
+detections and the mask heads would look free. Devices: ``cpu``; ``cuda-fp32`` (PyTorch's default precision
+settings) and ``cuda-bf16`` (``torch.autocast`` to bfloat16), timed with ``torch.cuda.synchronize``.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+
+from datnet.configs import compose_config
+from datnet.data.image_io import read_rgb
+from datnet.data.transforms import image_to_tensor
+from datnet.paper_tables import TABLE7
+
+PRESETS = ("maskrcnn", "light", "heavy")
+BACKBONES = ("resnet50", "resnext101_32x8d")
+DEVICES = ("cpu", "cuda-fp32", "cuda-bf16")
+COCO_SHORT, COCO_LONG = 800, 1333
+RANDOM_ASPECT = 1.52  # 800 x 1216, a typical COCO landscape image
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$DATNET_SHARED_DATA``, default ``<repo>/../shared/data``."""
+    return Path(os.environ.get("DATNET_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def load_images(num_images: int, size: int, data_dir: Path) -> tuple[list[Tensor], str]:
+    """``num_images`` float RGB images in [0, 1] and where they come from: the first (sorted) tiny_coco
+    images, cycled if there are fewer, else seeded random tensors of ``size x RANDOM_ASPECT * size``."""
+    files = sorted((data_dir / "tiny_coco").glob("*2017/*.jpg"))
+    if files:
+        chosen = [files[i % len(files)] for i in range(num_images)]
+        images = [image_to_tensor(read_rgb(f)) for f in chosen]
+        return images, f"tiny_coco ({', '.join(f.name for f in chosen)})"
+    generator = torch.Generator().manual_seed(0)
+    shape = (3, size, round(size * RANDOM_ASPECT))
+    return [torch.rand(shape, generator=generator) for _ in range(num_images)], f"random {shape}"
+
+
+def build_model(
+    preset: str, backbone: str, size: int, num_classes: int = 81, overrides: tuple[str, ...] = ()
+) -> nn.Module:
+    """The ``conf/model/<preset>.yaml`` model with Hydra ``overrides``, random weights, eval mode, resizing to
+    short side ``size``, score threshold 0 (see the module docstring)."""
+    torch.manual_seed(0)
+    cfg = compose_config(
+        [
+            f"+model={preset}",
+            f"model.backbone.name={backbone}",
+            f"model.num_classes={num_classes}",
+            f"model.detector.min_size={size}",
+            f"model.detector.max_size={round(COCO_LONG * size / COCO_SHORT)}",
+            *overrides,
+        ]
+    )
+    model = instantiate(cfg.model).eval()
+    model.roi_heads.score_thresh = 0.0
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (learned tensors; BatchNorm running statistics are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def precision_context(device: str):
+    """bfloat16 autocast for ``cuda-bf16``, nothing otherwise."""
+    if device == "cuda-bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def synchronize(device: str) -> None:
+    """Waits for queued GPU work, so that wall-clock time covers it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def time_pass(model: nn.Module, images: list[Tensor], device: str) -> tuple[float, float]:
+    """One forward per image; returns the mean milliseconds per image and detections per image."""
+    elapsed, detections = 0.0, 0
+    with precision_context(device):
+        for image in images:
+            synchronize(device)
+            start = time.perf_counter()
+            output = model([image])
+            synchronize(device)
+            elapsed += time.perf_counter() - start
+            detections += len(output[0]["boxes"])
+    return 1000 * elapsed / len(images), detections / len(images)
+
+
+def benchmark_backbone(
+    backbone: str, presets: list[str], device: str, images: list[Tensor], args: argparse.Namespace
+) -> list[dict]:
+    """Rows for every preset on one backbone and device: warm-up, then interleaved repeats, median."""
+    torch_device = "cuda" if device.startswith("cuda") else "cpu"
+    models = {
+        p: build_model(p, backbone, args.size, args.num_classes, args.overrides).to(torch_device)
+        for p in presets
+    }
+    on_device = [image.to(torch_device) for image in images]
+    detections = {}
+    for preset, model in models.items():
+        for _ in range(args.warmup):
+            detections[preset] = time_pass(model, on_device, device)[1]
+    times: dict[str, list[float]] = {p: [] for p in presets}
+    for _ in range(args.repeats):
+        for preset, model in models.items():
+            times[preset].append(time_pass(model, on_device, device)[0])
+    rows = []
+    for preset, model in models.items():
+        ms = statistics.median(times[preset])
+        rows.append(
+            {
+                "model": preset,
+                "backbone": backbone,
+                "device": device,
+                "ms_per_image": round(ms, 2),
+                "ratio_to_maskrcnn": None,
+                "params": count_parameters(model),
+                "detections_per_image": detections.get(preset),
+            }
+        )
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """``ratio_to_maskrcnn``: time over Mask R-CNN's on the same backbone and device (None without it)."""
+    baseline = {(r["backbone"], r["device"]): r["ms_per_image"] for r in rows if r["model"] == "maskrcnn"}
+    for row in rows:
+        base = baseline.get((row["backbone"], row["device"]))
+        row["ratio_to_maskrcnn"] = round(row["ms_per_image"] / base, 3) if base else None
+    return rows
+
+
+def print_table(rows: list[dict], source: str, args: argparse.Namespace) -> None:
+    """The measured rows with the paper's Table 7 (P100 ms, ratio, millions of parameters) beside them."""
+    print(f"images: {source}; short side {args.size}; {args.repeats} repeats (median), {args.warmup} warm-up")
+    header = f"{'model':<10}{'backbone':<18}{'device':<11}{'ms/img':>9}{'ratio':>7}{'dets':>6}"
+    print(header + f"{'params (M)':>12}{'paper ms':>10}{'ratio':>7}{'params':>8}")
+    for row in rows:
+        paper_ms, paper_params = TABLE7.get((row["model"], row["backbone"]), (None, None))
+        paper_base = TABLE7.get(("maskrcnn", row["backbone"]), (None,))[0]
+        ratio = f"{row['ratio_to_maskrcnn']:.2f}" if row["ratio_to_maskrcnn"] is not None else "-"
+        paper = f"{paper_ms:>10}{paper_ms / paper_base:>7.2f}{paper_params:>8.1f}" if paper_ms else ""
+        print(
+            f"{row['model']:<10}{row['backbone']:<18}{row['device']:<11}{row['ms_per_image']:>9.1f}{ratio:>7}"
+            f"{row['detections_per_image'] or 0:>6.0f}{row['params'] / 1e6:>12.2f}{paper}"
+        )
+
+
+def default_devices() -> list[str]:
+    """CPU, plus GPU fp32 and bf16 when CUDA is available."""
+    return list(DEVICES) if torch.cuda.is_available() else ["cpu"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON line (a list of rows)")
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument("--models", nargs="+", choices=PRESETS, default=list(PRESETS))
+    parser.add_argument("--devices", nargs="+", choices=DEVICES, default=None, help="default: all available")
+    parser.add_argument("--num-images", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="warm-up passes over the images per model")
+    parser.add_argument("--size", type=int, default=COCO_SHORT, help="short image side")
+    parser.add_argument("--num-classes", type=int, default=81)
+    parser.add_argument(
+        "--overrides",
+        nargs="+",
+        default=[],
+        help="more Hydra overrides for every model, e.g. +model.detector.rpn_post_nms_top_n_test=100",
+    )
+    args = parser.parse_args(argv)
+    args.devices = args.devices or default_devices()
+    if any(d.startswith("cuda") for d in args.devices) and not torch.cuda.is_available():
+        parser.error("a cuda device was requested but torch.cuda.is_available() is False")
+    if min(args.num_images, args.repeats, args.warmup) < 1:
+        parser.error("--num-images, --repeats and --warmup must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    images, source = load_images(args.num_images, args.size, shared_data_dir())
+    rows = [
+        row
+        for backbone in args.backbones
+        for device in args.devices
+        for row in benchmark_backbone(backbone, args.models, device, images, args)
+    ]
+    add_ratios(rows)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print_table(rows, source, args)
+
+
+if __name__ == "__main__":
+    main()
