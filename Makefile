@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test train eval lint clean
 
+# `make train ARGS="model=heavy"` adds Hydra overrides; `make eval CKPT=path` evaluates another checkpoint.
+ARGS ?=
+CKPT ?= $(shell ls -td logs/train/runs/*/checkpoints/last.ckpt 2>/dev/null | head -n 1)
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -17,6 +21,13 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+train: $(STAMP)
+	$(PY) src/train.py experiment=demo $(ARGS)
+
+eval: $(STAMP)
+	@test -n "$(CKPT)" || { echo "no checkpoint: run 'make train' first or pass CKPT=path"; exit 2; }
+	$(PY) src/eval.py experiment=demo ckpt_path=$(CKPT) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

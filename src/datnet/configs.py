@@ -1,11 +1,15 @@
 """Access to the project's Hydra configuration tree (``conf/``) outside ``@hydra.main`` entry points."""
 
+import os
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = PROJECT_ROOT / "conf"
+# `conf/paths` resolves the data and log directories from it; an explicit environment value wins.
+os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
 
 
 def compose_config(overrides: list[str], config_name: str | None = None) -> DictConfig:

@@ -89,6 +89,20 @@ def test_aux_maps_and_proposals_on_request(batch):
     )
 
 
+def test_outputs_in_requested_sizes(batch):
+    """Detections of a resized image are mapped to the original file's size (boxes, masks, proposals)."""
+    model = small_model("maskrcnn").eval()
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1:] = 5.0
+    image = batch[0][0]
+    with torch.no_grad():
+        same = model([image], return_proposals=True)[0]
+        doubled = model([image], return_proposals=True, output_sizes=[(256, 320)])[0]
+    assert doubled["masks"].shape[-2:] == (256, 320)
+    torch.testing.assert_close(doubled["boxes"], same["boxes"] * 2)
+    torch.testing.assert_close(doubled["proposals"], same["proposals"] * 2)
+
+
 @pytest.mark.parametrize(("preset", "resolution"), [("light", 28), ("heavy", 14)])
 def test_mask_head_resolution(batch, preset, resolution):
     model = small_model(preset).eval()

@@ -78,14 +78,19 @@ class DATNet(MaskRCNN):
         *,
         return_proposals: bool = False,
         return_aux_maps: bool = False,
+        output_sizes: list[tuple[int, int]] | None = None,
     ):
         """Training: the loss dict (Mask R-CNN terms plus ``loss_dt``/``loss_seg``, already weighted, so their
         sum is eq. 3). Inference: torchvision's list of detection dicts; ``return_proposals`` adds the RPN
         ``proposals`` (in input-image coordinates, by objectness) and ``return_aux_maps`` the softmax maps
-        ``dt``/``sem`` at stride 4 of the (transformed) image."""
+        ``dt``/``sem`` at stride 4 of the (transformed) image. Boxes, masks and proposals are given for images
+        of ``output_sizes`` (default: the input sizes), e.g. the original files' sizes when the data pipeline
+        has resized them, so that masks are pasted once at the resolution the evaluation needs."""
         if self.training and targets is None:
             raise ValueError("targets are required in training mode")
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        if output_sizes is None:
+            output_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        output_sizes = [(int(h), int(w)) for h, w in output_sizes]
         image_list, targets = self.transform(images, targets)
         features = self.backbone(image_list.tensors)
         aux_losses: dict[str, Tensor] = {}
@@ -97,10 +102,10 @@ class DATNet(MaskRCNN):
         detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
         if self.training:
             return {**detector_losses, **proposal_losses, **aux_losses}
-        detections = self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
-        for i, (det, size, original) in enumerate(zip(detections, image_list.image_sizes, original_sizes)):
+        detections = self.transform.postprocess(detections, image_list.image_sizes, output_sizes)
+        for i, (det, size, output_size) in enumerate(zip(detections, image_list.image_sizes, output_sizes)):
             if return_proposals:
-                det["proposals"] = resize_boxes(proposals[i], size, original)
+                det["proposals"] = resize_boxes(proposals[i], size, output_size)
             for key, value in aux_maps.items():
                 det[key] = value[i, :, : -(-size[0] // AUX_STRIDE), : -(-size[1] // AUX_STRIDE)]
         return detections

@@ -1,0 +1,57 @@
+"""The paper's optimisation recipe (Sec. 4 "Training details") and the linear scaling rule [9].
+
+A schedule is written for a reference total batch (16 images for COCO 1x: LR 0.02, 90k iterations, decays at
+60k and 80k). For another total batch ``B`` the LR is multiplied by ``B / 16`` and every iteration count by
+``16 / B`` (Goyal et al.), so ``trainer.devices=8`` and ``=1`` run the same recipe.
+"""
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An LR schedule: linear warm-up from ``lr * warmup_factor`` then x``gamma`` at each milestone."""
+
+    lr: float
+    max_steps: int
+    milestones: tuple[int, ...]
+    warmup_steps: int
+    warmup_factor: float = 0.001
+    gamma: float = 0.1
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` for optimizer step ``step`` (0-based)."""
+        factor = self.gamma ** sum(step >= m for m in self.milestones)
+        if step < self.warmup_steps:
+            alpha = step / self.warmup_steps
+            factor *= self.warmup_factor * (1 - alpha) + alpha
+        return factor
+
+
+def scale_recipe(
+    lr: float,
+    max_steps: int,
+    milestones: list[int],
+    warmup_steps: int,
+    reference_batch_size: int,
+    total_batch_size: int,
+    warmup_factor: float = 0.001,
+    gamma: float = 0.1,
+) -> Recipe:
+    """The recipe written for ``reference_batch_size`` images per step, scaled to ``total_batch_size``."""
+    if total_batch_size <= 0 or reference_batch_size <= 0:
+        raise ValueError(f"batch sizes must be positive, got {total_batch_size} and {reference_batch_size}")
+    k = total_batch_size / reference_batch_size
+
+    def steps(n: int) -> int:
+        return max(1, math.ceil(n / k)) if n > 0 else 0
+
+    return Recipe(
+        lr=lr * k,
+        max_steps=steps(max_steps),
+        milestones=tuple(steps(m) for m in milestones),
+        warmup_steps=steps(warmup_steps),
+        warmup_factor=warmup_factor,
+        gamma=gamma,
+    )

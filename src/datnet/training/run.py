@@ -1,0 +1,113 @@
+"""The train and eval tasks behind ``src/train.py`` and ``src/eval.py`` (Hydra configs in ``conf/``)."""
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from datnet.models import load_model_checkpoint
+from datnet.training.loggers import instantiate_callbacks, instantiate_loggers
+from datnet.training.module import DATNetModule
+from datnet.training.recipe import scale_recipe
+from datnet.utils.config_tree import print_config_tree
+
+log = logging.getLogger(__name__)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    path = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def report_metrics(metrics: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Prints ``METRICS {json}`` (NaN -> null) and writes the same JSON to ``directory/metrics.json``."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    line = json.dumps(clean, sort_keys=True)
+    print(f"METRICS {line}", flush=True)
+    (directory / "metrics.json").write_text(line + "\n")
+    return clean
+
+
+def build_components(cfg: DictConfig, with_callbacks: bool = True):
+    """Data module, model (classes from the data; resizing left to the data pipeline, which computes the
+    auxiliary targets on the resized image), loggers, callbacks and trainer."""
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, num_classes=datamodule.num_classes, resize_images=False)
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) if with_callbacks else []
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=instantiate_loggers(cfg.get("logger"))
+    )
+    return datamodule, model, trainer
+
+
+def make_module(cfg: DictConfig, model, trainer: pl.Trainer, results_dir: Path) -> DATNetModule:
+    """The LightningModule with the schedule scaled to the trainer's total batch size."""
+    schedule = cfg.schedule
+    total_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    recipe = scale_recipe(
+        schedule.lr,
+        schedule.max_steps,
+        list(schedule.milestones),
+        schedule.warmup_steps,
+        schedule.reference_batch_size,
+        total_batch,
+        schedule.warmup_factor,
+        schedule.gamma,
+    )
+    optimizer = instantiate(cfg.optimizer, lr=recipe.lr)
+    if cfg.trainer.get("max_steps", -1) in (None, -1) and not trainer.fast_dev_run:
+        trainer.fit_loop.epoch_loop.max_steps = recipe.max_steps
+    log.info(
+        "total batch %d: lr %.5f, %d steps, milestones %s",
+        total_batch,
+        recipe.lr,
+        trainer.max_steps,
+        recipe.milestones,
+    )
+    return DATNetModule(model, optimizer, recipe, results_dir=str(results_dir), **cfg.get("module", {}))
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fits the model, evaluates the final weights on val (and test if ``cfg.test``), reports METRICS."""
+    out = output_dir(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule, model, trainer = build_components(cfg)
+    if trainer.is_global_zero:
+        print_config_tree(cfg, save_dir=str(out))
+    module = make_module(cfg, model, trainer, out / "results")
+    metrics: dict[str, Any] = {}
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if module.last_eval_step != trainer.global_step or not module.last_metrics:
+        trainer.validate(module, datamodule=datamodule)
+    metrics.update({f"val/{k}": v for k, v in module.last_metrics.items()})
+    if cfg.get("test"):
+        trainer.test(module, datamodule=datamodule)
+        metrics.update({f"test/{k}": v for k, v in module.last_metrics.items()})
+    metrics["step"] = trainer.global_step
+    return report_metrics(metrics, out) if trainer.is_global_zero else metrics
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluates ``cfg.ckpt_path`` on ``cfg.split`` and reports METRICS."""
+    out = output_dir(cfg)
+    datamodule, model, trainer = build_components(cfg, with_callbacks=False)
+    if trainer.is_global_zero:
+        print_config_tree(cfg, save_dir=str(out))
+    load_model_checkpoint(model, cfg.ckpt_path)
+    module = make_module(cfg, model, trainer, out / "results")
+    if cfg.split == "test":
+        trainer.test(module, datamodule=datamodule)
+    else:
+        trainer.validate(module, datamodule=datamodule)
+    metrics = {f"{cfg.split}/{k}": v for k, v in module.last_metrics.items()}
+    metrics["checkpoint"] = str(cfg.ckpt_path)
+    return report_metrics(metrics, out) if trainer.is_global_zero else metrics

@@ -1,0 +1,16 @@
+"""Evaluate a checkpoint: ``python src/eval.py ckpt_path=PATH [experiment=demo] [split=val|test]``"""
+
+import hydra
+from omegaconf import DictConfig
+
+import datnet.configs  # noqa: F401  (sets PROJECT_ROOT for conf/paths)
+from datnet.training.run import evaluate
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Train DATNet: ``python src/train.py [experiment=demo] [model=heavy] [data=coco] [trainer.devices=8]``"""
+
+import hydra
+from omegaconf import DictConfig
+
+import datnet.configs  # noqa: F401  (sets PROJECT_ROOT for conf/paths)
+from datnet.training.run import train
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Tiny Hydra configurations of the training harness: ResNet-18, small images, few ROIs, no workers."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from datnet.configs import compose_config
+
+TINY = [
+    "model.backbone.name=resnet18",
+    "model.detector.box_batch_size_per_image=16",
+    "model.detector.rpn_pre_nms_top_n_train=100",
+    "model.detector.rpn_post_nms_top_n_train=50",
+    "model.detector.rpn_pre_nms_top_n_test=100",
+    "model.detector.rpn_post_nms_top_n_test=50",
+    "data.num_workers=0",
+    "data.min_size=96",
+    "data.max_size=128",
+    "data.val_batch_size=2",
+    "logger=csv",
+]
+QUIET = ["callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
+
+
+@pytest.fixture
+def shapes_overrides(tmp_path_factory) -> list[str]:
+    """The embedded shapes data, generated small (8 train, 5 val images) in a temporary directory."""
+    root = tmp_path_factory.mktemp("shapes")
+    return ["data=shapes", f"data.root={root}", "data.num_train=8", "data.num_val=5", "data.batch_size=2"]
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``tiny_config(overrides, config_name="train")``: a composed config writing into ``tmp_path``."""
+
+    def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
+        quiet = QUIET if config_name == "train" else []
+        return compose_config(
+            [
+                "experiment=demo",
+                *TINY,
+                *quiet,
+                f"paths.output_dir={tmp_path}",
+                f"paths.data_dir={tmp_path}/data",
+                *overrides,
+            ],
+            config_name=config_name,
+        )
+
+    return compose
