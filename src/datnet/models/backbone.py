@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchvision.models import get_model
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
@@ -42,8 +43,12 @@ def build_resnet_fpn_backbone(
     weights: str | None = None,
     norm: str = "auto",
     trainable_layers: int | None = None,
+    out_channels: int = 256,
 ) -> tuple[BackboneWithFPN, dict[str, torch.Tensor]]:
     """ResNet-FPN with ``P6 = maxpool_stride2(P5)`` as in torchvision's Mask R-CNN.
+
+    ``out_channels`` is the pyramid width (256 in the paper and torchvision); a narrower pyramid makes every
+    head that works on it (auxiliary heads, RPN, MSPwA, ROI heads) proportionally cheaper, for CPU runs.
 
     Returns the backbone and the ImageNet state of its stage 5 (empty without ``weights``), used to initialise
     ``res5`` ROI heads. ``trainable_layers`` defaults to 3 with weights and 5 without, as in torchvision.
@@ -66,4 +71,9 @@ def build_resnet_fpn_backbone(
         }
     if trainable_layers is None:
         trainable_layers = 3 if weights else 5
-    return _resnet_fpn_extractor(net, trainable_layers), stage5_state
+    backbone = _resnet_fpn_extractor(net, trainable_layers)
+    if out_channels != backbone.out_channels:
+        in_channels = [block[0].in_channels for block in backbone.fpn.inner_blocks]
+        backbone.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        backbone.out_channels = out_channels
+    return backbone, stage5_state

@@ -17,16 +17,18 @@ from datnet.models.mspwa import MultiScaleAttentionPooler
 from datnet.models.roi_feature_extractors import build_box_head, build_res5
 
 POOLED_LEVELS = ["0", "1", "2", "3"]
-FPN_CHANNELS = 256
 MASK_HEADS = ("fpn", "res5", "none")
 
 
-def build_pooler(kind: str, pool_size: int, sampling_ratio: int = 2) -> tuple[nn.Module, int]:
-    """FPN level assignment (``fpn``) or MSPwA (``mspwa``) over P2..P5, and its output channels."""
+def build_pooler(
+    kind: str, pool_size: int, sampling_ratio: int = 2, channels: int = 256
+) -> tuple[nn.Module, int]:
+    """FPN level assignment (``fpn``) or MSPwA (``mspwa``) over P2..P5 of ``channels`` channels, and its
+    output channels."""
     if kind == "fpn":
-        return MultiScaleRoIAlign(POOLED_LEVELS, pool_size, sampling_ratio), FPN_CHANNELS
+        return MultiScaleRoIAlign(POOLED_LEVELS, pool_size, sampling_ratio), channels
     if kind == "mspwa":
-        pooler = MultiScaleAttentionPooler(POOLED_LEVELS, pool_size, sampling_ratio, FPN_CHANNELS)
+        pooler = MultiScaleAttentionPooler(POOLED_LEVELS, pool_size, sampling_ratio, channels)
         return pooler, pooler.out_channels
     raise ValueError(f"model.pooler must be fpn or mspwa; got {kind!r}")
 
@@ -42,20 +44,21 @@ def build_auxiliary(
     gamma: float = 2.0,
     ignore_index: int = 255,
     fusion: str = "sum",
+    channels: int = 256,
 ) -> DenseAuxiliaryTasks | None:
     """The auxiliary branch for the enabled heads, or ``None`` when both are off (plain Mask R-CNN)."""
     heads = {}
     if dt:
-        heads["dt"] = DistanceTransformHead(dt_bins, FPN_CHANNELS)
+        heads["dt"] = DistanceTransformHead(dt_bins, channels)
     if seg:
-        heads["sem"] = SemanticHead(num_classes, FPN_CHANNELS)
+        heads["sem"] = SemanticHead(num_classes, channels)
     if not heads:
         if fusion != "sum":
             raise ValueError(f"model.fusion={fusion} needs model.aux.dt or model.aux.seg enabled")
         return None
     return DenseAuxiliaryTasks(
         heads,
-        FeatureFusion(fusion, FPN_CHANNELS),
+        FeatureFusion(fusion, channels),
         {"dt": dt_weight, "sem": seg_weight},
         background_alpha,
         gamma,
@@ -95,7 +98,8 @@ def build_datnet(
     if mask_head not in MASK_HEADS:
         raise ValueError(f"model.mask_head must be one of {MASK_HEADS}; got {mask_head!r}")
 
-    box_pool, pooled_channels = build_pooler(pooler, box_pool_size, sampling_ratio)
+    channels = fpn.out_channels
+    box_pool, pooled_channels = build_pooler(pooler, box_pool_size, sampling_ratio, channels)
     res5 = build_res5(arch, pooled_channels, norm_layer, stage5_state) if box_head == "res5" else None
     box_extractor, representation = build_box_head(box_head, pooled_channels, box_pool_size, res5)
     heads: dict[str, Any] = {
@@ -111,21 +115,21 @@ def build_datnet(
         heads.update(
             mask_roi_pool=box_pool,
             mask_head=res5,
-            mask_predictor=MaskRCNNPredictor(representation, FPN_CHANNELS, num_classes),
+            mask_predictor=MaskRCNNPredictor(representation, channels, num_classes),
         )
     elif mask_head == "fpn":
-        mask_pool, mask_channels = build_pooler(pooler, mask_pool_size, sampling_ratio)
+        mask_pool, mask_channels = build_pooler(pooler, mask_pool_size, sampling_ratio, channels)
         heads.update(
             mask_roi_pool=mask_pool,
-            mask_head=MaskRCNNHeads(mask_channels, [FPN_CHANNELS] * 4, 1),
-            mask_predictor=MaskRCNNPredictor(FPN_CHANNELS, FPN_CHANNELS, num_classes),
+            mask_head=MaskRCNNHeads(mask_channels, [channels] * 4, 1),
+            mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
         )
     else:
         heads["mask_roi_pool"] = False
 
     model = DATNet(
         fpn,
-        auxiliary=build_auxiliary(num_classes, fusion=fusion, **dict(aux or {})),
+        auxiliary=build_auxiliary(num_classes, fusion=fusion, channels=channels, **dict(aux or {})),
         resize_images=resize_images,
         **heads,
         **dict(detector or {}),

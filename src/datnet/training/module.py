@@ -99,6 +99,19 @@ class DATNetModule(pl.LightningModule):
         scheduler = LambdaLR(optimizer, self.recipe.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Also save torch's RNG states (the RPN/ROI samplers draw from them), as tensors so that the
+        checkpoint still loads with ``weights_only=True``: a resumed run continues the same random stream."""
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["cuda_rng_states"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+        if "cuda_rng_states" in checkpoint and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng_states"])
+
     # --- evaluation -----------------------------------------------------------------------------------------
     def _start_evaluation(self, split: str) -> None:
         datamodule = self.trainer.datamodule
