@@ -27,7 +27,7 @@ train: $(STAMP)
 
 eval: $(STAMP)
 	@test -n "$(CKPT)" || { echo "no checkpoint: run 'make train' first or pass CKPT=path"; exit 2; }
-	$(PY) src/eval.py experiment=demo ckpt_path=$(CKPT) $(ARGS)
+	$(PY) src/eval.py ckpt_path=$(CKPT) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -97,8 +97,15 @@ def test_cli_trains_checkpoints_and_eval_reproduces_metrics(tmp_path, shapes_ove
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 2
 
+    # like `make eval`: model and data come from the training run's saved config
     out = subprocess.run(
-        [sys.executable, "src/eval.py", *common, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}"],
+        [
+            sys.executable,
+            "src/eval.py",
+            f"ckpt_path={ckpt}",
+            "data.num_workers=0",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from datnet.models import load_model_checkpoint
 from datnet.training.loggers import instantiate_callbacks, instantiate_loggers
@@ -33,6 +34,11 @@ def report_metrics(metrics: dict[str, Any], directory: Path) -> dict[str, Any]:
     print(f"METRICS {line}", flush=True)
     (directory / "metrics.json").write_text(line + "\n")
     return clean
+
+
+def logged_metrics(trainer: pl.Trainer, prefix: str) -> dict[str, float]:
+    """The last logged metrics under ``prefix`` (also brought back from spawned DDP processes)."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
 
 def build_components(cfg: DictConfig, with_callbacks: bool = True):
@@ -88,16 +94,42 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if module.last_eval_step != trainer.global_step or not module.last_metrics:
         trainer.validate(module, datamodule=datamodule)
-    metrics.update({f"val/{k}": v for k, v in module.last_metrics.items()})
+    metrics.update(logged_metrics(trainer, "val/"))
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule)
-        metrics.update({f"test/{k}": v for k, v in module.last_metrics.items()})
+        metrics.update(logged_metrics(trainer, "test/"))
     metrics["step"] = trainer.global_step
     return report_metrics(metrics, out) if trainer.is_global_zero else metrics
 
 
+RUN_CONFIG_GROUPS = ("model", "data")
+
+
+def with_training_run_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """``cfg`` whose model and data come from the config saved by the training run that wrote
+    ``cfg.ckpt_path`` (``<run>/.hydra/config.yaml``), with the command line's ``model.*``/``data.*`` overrides
+    applied on top. Unchanged when there is no such file, or when the command line picks a model, data or
+    experiment option itself."""
+    saved = Path(cfg.ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not saved.is_file() or {o.key_or_group for o in parsed} & {*RUN_CONFIG_GROUPS, "experiment"}:
+        return cfg
+    run_cfg = OmegaConf.load(saved)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for group in RUN_CONFIG_GROUPS:
+            cfg[group] = run_cfg[group]
+        for override in parsed:
+            if override.key_or_group.split(".", 1)[0] in RUN_CONFIG_GROUPS:
+                OmegaConf.update(cfg, override.key_or_group, override.value(), force_add=True)
+    log.info("model and data configs taken from %s", saved)
+    return cfg
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluates ``cfg.ckpt_path`` on ``cfg.split`` and reports METRICS."""
+    if HydraConfig.initialized():
+        cfg = with_training_run_config(cfg, list(HydraConfig.get().overrides.task))
     out = output_dir(cfg)
     datamodule, model, trainer = build_components(cfg, with_callbacks=False)
     if trainer.is_global_zero:
@@ -108,6 +140,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(module, datamodule=datamodule)
     else:
         trainer.validate(module, datamodule=datamodule)
-    metrics = {f"{cfg.split}/{k}": v for k, v in module.last_metrics.items()}
+    metrics = logged_metrics(trainer, f"{cfg.split}/")
     metrics["checkpoint"] = str(cfg.ckpt_path)
     return report_metrics(metrics, out) if trainer.is_global_zero else metrics
