@@ -31,13 +31,15 @@ class FeatureFusion(nn.Module):
         self, features: "OrderedDict[str, Tensor]", aux_features: list[Tensor]
     ) -> "OrderedDict[str, Tensor]":
         names = list(features.keys())
+        # Bilinear resizing is linear: resize_i(F_DT) + resize_i(F_seg) = resize_i(F_DT + F_seg), so the
+        # auxiliary features are summed once at 1/4 resolution and resized once per level.
+        aux = sum(aux_features[1:], aux_features[0])
         fused: OrderedDict[str, Tensor] = OrderedDict()
         for name in names[:-1]:
             p = features[name]
-            for f in aux_features:
-                if f.shape[-2:] != p.shape[-2:]:
-                    f = F.interpolate(f, size=p.shape[-2:], mode="bilinear", align_corners=False)
-                p = p + f
-            fused[name] = self.convs(p)
+            f = aux
+            if f.shape[-2:] != p.shape[-2:]:
+                f = F.interpolate(f, size=p.shape[-2:], mode="bilinear", align_corners=False)
+            fused[name] = self.convs(p + f)
         fused[names[-1]] = F.max_pool2d(fused[names[-2]], kernel_size=1, stride=2)
         return fused

@@ -6,12 +6,26 @@ from torchvision.ops import MultiScaleRoIAlign, SqueezeExcitation, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 
+class GlobalMaxPool2d(nn.AdaptiveMaxPool2d):
+    """``AdaptiveMaxPool2d(1)``; at inference computed as a max over H and W, the same values about three
+    times faster on CPU than the adaptive pooling kernel, which also finds the argmax indices that only
+    training needs (1000 x 1024 x 14 x 14 Heavy ROIs: 0.3 s -> 0.1 s)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        return x.amax(dim=(-2, -1), keepdim=True)
+
+
 class MaxSqueezeExcitation(SqueezeExcitation):
     """Squeeze-and-excitation [14] whose squeeze is a global *max* pool, as MSPwA specifies (Sec. 3.3)."""
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__(channels, channels // reduction)
-        self.avgpool = nn.AdaptiveMaxPool2d(1)
+        self.avgpool = GlobalMaxPool2d()
 
     def channel_weights(self, x: Tensor) -> Tensor:
         """The per-channel multiplicative weights in (0, 1), shape (N, C, 1, 1)."""
@@ -65,4 +79,10 @@ class MultiScaleAttentionPooler(MultiScaleRoIAlign):
     def forward(
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:
-        return self.attention(self.pool_levels(x, boxes, image_shapes))
+        pooled = self.pool_levels(x, boxes, image_shapes)
+        weights = self.attention.channel_weights(pooled)
+        if torch.is_grad_enabled():
+            return pooled * weights
+        # Inference: the concatenation is ours alone, so re-weight it in place (same values) instead of
+        # allocating a second ROI tensor as large (1000 x 1024 x 14 x 14 floats, 800 MB, for Heavy).
+        return pooled.mul_(weights)
