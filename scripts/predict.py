@@ -7,8 +7,11 @@
 Positional arguments are image files, folders (searched recursively for image files) and, when they contain
 ``=`` and are not existing paths, Hydra overrides of the training configuration (``conf/train.yaml``):
 ``model=heavy``, ``experiment=demo``, ``model.backbone.name=resnet18``, ``model.num_classes=4`` - the model
-is built exactly as ``src/train.py`` builds it from the same overrides, then ``--checkpoint`` (a Lightning
-``.ckpt`` or a model state dict) is loaded. Without a checkpoint the weights are random (a smoke test).
+is built as ``src/train.py`` builds it from the same overrides, then ``--checkpoint`` (a Lightning ``.ckpt``
+or a model state dict) is loaded. Without a checkpoint the weights are random (a smoke test). The model
+resizes each raw image itself, to the size that the training data pipeline gives its evaluation images
+(``data.min_size``/``data.max_size``: 800/1333 for COCO, 160/256 for ``experiment=demo``); override
+``model.detector.min_size``/``max_size`` for another size.
 
 Each PNG shows the image at its original size with the masks, boxes and ``class score`` labels of the
 detections scoring at least ``--score-threshold``. ``--aux-maps`` puts the auxiliary heads' predictions beside
@@ -37,6 +40,7 @@ from datnet.models import load_model_checkpoint
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 BACKGROUND = "__background__"
 MASK_THRESHOLD = 0.5
+DATA_PIPELINE_SIZES = ["model.detector.min_size=${data.min_size}", "model.detector.max_size=${data.max_size}"]
 
 
 def split_arguments(values: list[str]) -> tuple[list[Path], list[str]]:
@@ -63,8 +67,10 @@ def collect_images(paths: list[Path]) -> list[Path]:
 
 
 def build_model(overrides: list[str], checkpoint: str | None, device: str) -> nn.Module:
-    """The model of ``conf/train.yaml`` with ``overrides``, resizing raw images itself, in eval mode."""
-    cfg = compose_config(overrides, config_name="train")
+    """The model of ``conf/train.yaml`` with ``overrides``, in eval mode, resizing raw images itself to the
+    evaluation size of the training data pipeline (``data.min_size``/``data.max_size``) unless
+    ``model.detector.min_size``/``max_size`` are overridden."""
+    cfg = compose_config([*DATA_PIPELINE_SIZES, *overrides], config_name="train")
     model = instantiate(cfg.model, resize_images=True)
     if checkpoint:
         load_model_checkpoint(model, checkpoint)

@@ -12,11 +12,15 @@ Images are the real COCO images of ``$DATNET_SHARED_DATA/tiny_coco`` (default ``
 when present, else random tensors of ``size x 1.52 size`` (800 x 1216); the models resize them to a short
 side of ``--size`` (long side at most ``1333 * size / 800``), as in the paper's COCO evaluation.
 
-Weights are random (nothing is downloaded), so the box score threshold is set to 0: every image then keeps
-the full ``box_detections_per_img`` (100) detections that go through the mask branch and the mask pasting,
-as a trained model does on COCO images. With the default threshold (0.05) a random model keeps almost no
-detections and the mask heads would look free. Devices: ``cpu``; ``cuda-fp32`` (PyTorch's default precision
-settings) and ``cuda-bf16`` (``torch.autocast`` to bfloat16), timed with ``torch.cuda.synchronize``.
+Weights are random (nothing is downloaded), and a random classifier scores every class about 1/81: with the
+default box score threshold (0.05) no detection survives and the mask branch would look free; with threshold
+0 all 80 x 1000 (box, class) candidates reach torchvision's per-class NMS, which then costs seconds on a CPU,
+far more than for a trained model. So each model's threshold is calibrated on the first image to leave
+``--candidates`` (default 2000, a trained COCO model's order of magnitude at 0.05) candidates per image: NMS
+does its usual work and the full ``box_detections_per_img`` (100) detections go through the mask branch
+and the mask pasting, as for a trained model on COCO. ``--candidates 0`` sets the threshold to 0 instead.
+Devices: ``cpu``; ``cuda-fp32`` (PyTorch's default precision settings) and ``cuda-bf16`` (``torch.autocast``
+to bfloat16), timed with ``torch.cuda.synchronize``.
 """
 
 import argparse
@@ -30,6 +34,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from datnet.configs import compose_config
 from datnet.data.image_io import read_rgb
@@ -66,26 +71,44 @@ def build_model(
     preset: str, backbone: str, size: int, num_classes: int = 81, overrides: tuple[str, ...] = ()
 ) -> nn.Module:
     """The ``conf/model/<preset>.yaml`` model with Hydra ``overrides``, random weights, eval mode, resizing to
-    short side ``size``, score threshold 0 (see the module docstring)."""
+    short side ``size``, frozen BatchNorm (as when trained from ImageNet weights, torchvision's setting)."""
     torch.manual_seed(0)
     cfg = compose_config(
         [
             f"+model={preset}",
             f"model.backbone.name={backbone}",
             f"model.num_classes={num_classes}",
+            "model.backbone.norm=frozen_bn",
             f"model.detector.min_size={size}",
             f"model.detector.max_size={round(COCO_LONG * size / COCO_SHORT)}",
             *overrides,
         ]
     )
-    model = instantiate(cfg.model).eval()
+    return instantiate(cfg.model).eval()
+
+
+@torch.inference_mode()
+def calibrate_score_threshold(model: nn.Module, image: Tensor, candidates: int, device: str) -> float:
+    """Sets (and returns) the box score threshold that leaves ``candidates`` (box, class) pairs of ``image``
+    before NMS (0: keep them all), from the foreground class scores of its proposals."""
     model.roi_heads.score_thresh = 0.0
-    return model
+    if candidates > 0:
+        logits = []
+        hook = model.roi_heads.box_predictor.register_forward_hook(lambda m, i, out: logits.append(out[0]))
+        with precision_context(device):
+            model([image])
+        hook.remove()
+        scores = logits[0].float().softmax(-1)[:, 1:].flatten()
+        model.roi_heads.score_thresh = scores.topk(min(candidates, scores.numel())).values[-1].item()
+    return model.roi_heads.score_thresh
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (learned tensors; BatchNorm running statistics are buffers, not counted)."""
-    return sum(p.numel() for p in model.parameters())
+    """Learned weights: the parameters plus the scale and shift of frozen BatchNorm layers (buffers there),
+    so that the count is the preset's with trainable BatchNorm (Table 7, ``scripts/model_report.py``)."""
+    frozen_layers = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    frozen = sum(m.weight.numel() + m.bias.numel() for m in frozen_layers)
+    return sum(p.numel() for p in model.parameters()) + frozen
 
 
 def precision_context(device: str):
@@ -128,6 +151,7 @@ def benchmark_backbone(
     on_device = [image.to(torch_device) for image in images]
     detections = {}
     for preset, model in models.items():
+        calibrate_score_threshold(model, on_device[0], args.candidates, device)
         for _ in range(args.warmup):
             detections[preset] = time_pass(model, on_device, device)[1]
     times: dict[str, list[float]] = {p: [] for p in presets}
@@ -192,6 +216,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="warm-up passes over the images per model")
     parser.add_argument("--size", type=int, default=COCO_SHORT, help="short image side")
     parser.add_argument("--num-classes", type=int, default=81)
+    parser.add_argument(
+        "--candidates", type=int, default=2000, help="(box, class) pairs per image before NMS; 0: all"
+    )
     parser.add_argument(
         "--overrides",
         nargs="+",

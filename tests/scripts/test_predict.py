@@ -75,3 +75,10 @@ def test_wrong_number_of_class_names(load_script):
 def test_overrides_and_paths_are_told_apart(load_script, image_dir):
     paths, overrides = load_script("predict").split_arguments(["model=heavy", str(image_dir), "x.y=1"])
     assert paths == [image_dir] and overrides == ["model=heavy", "x.y=1"]
+
+
+def test_model_resizes_like_the_training_data_pipeline(load_script):
+    """``experiment=demo`` trains on images resized to 160..256 px: raw images are resized the same way."""
+    model = load_script("predict").build_model(["experiment=demo", "model.num_classes=4"], None, "cpu")
+    assert model.transform.resize_images
+    assert (model.transform.min_size, model.transform.max_size) == ((160,), 256)
