@@ -144,8 +144,11 @@ def benchmark_backbone(
 ) -> list[dict]:
     """Rows for every preset on one backbone and device: warm-up, then interleaved repeats, median."""
     torch_device = "cuda" if device.startswith("cuda") else "cpu"
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     models = {
-        p: build_model(p, backbone, args.size, args.num_classes, args.overrides).to(torch_device)
+        p: build_model(p, backbone, args.size, args.num_classes, args.overrides).to(
+            torch_device, memory_format=memory_format
+        )
         for p in presets
     }
     on_device = [image.to(torch_device) for image in images]
@@ -219,6 +222,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--candidates", type=int, default=2000, help="(box, class) pairs per image before NMS; 0: all"
     )
+    parser.add_argument("--channels-last", action="store_true", help="weights in channels-last memory format")
     parser.add_argument(
         "--overrides",
         nargs="+",
