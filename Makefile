@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test train eval lint clean
+.PHONY: install test train eval predict lint clean
 
 # `make train ARGS="model=heavy"` adds Hydra overrides; `make eval CKPT=path` evaluates another checkpoint.
 ARGS ?=
@@ -28,6 +28,12 @@ train: $(STAMP)
 eval: $(STAMP)
 	@test -n "$(CKPT)" || { echo "no checkpoint: run 'make train' first or pass CKPT=path"; exit 2; }
 	$(PY) src/eval.py ckpt_path=$(CKPT) $(ARGS)
+
+# `make predict IMAGES="a.jpg dir/"` draws the last checkpoint's predictions (+ DT/semantic maps) into predictions/.
+IMAGES ?= data/shapes/val2017
+predict: $(STAMP)
+	@test -n "$(CKPT)" || { echo "no checkpoint: run 'make train' first or pass CKPT=path"; exit 2; }
+	$(PY) scripts/predict.py --checkpoint $(CKPT) experiment=demo model.num_classes=4 --class-names circle square triangle --aux-maps $(IMAGES) --output-dir predictions $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

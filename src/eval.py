@@ -5,11 +5,12 @@ from omegaconf import DictConfig
 
 import datnet.configs  # noqa: F401  (sets PROJECT_ROOT for conf/paths)
 from datnet.training.run import evaluate
+from datnet.training.sweep import run_task
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+def main(cfg: DictConfig) -> dict | None:
+    return run_task(evaluate, cfg)
 
 
 if __name__ == "__main__":

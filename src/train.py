@@ -5,11 +5,12 @@ from omegaconf import DictConfig
 
 import datnet.configs  # noqa: F401  (sets PROJECT_ROOT for conf/paths)
 from datnet.training.run import train
+from datnet.training.sweep import run_task
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def main(cfg: DictConfig) -> dict | None:
+    return run_task(train, cfg)
 
 
 if __name__ == "__main__":

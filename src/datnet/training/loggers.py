@@ -3,7 +3,11 @@
 import netrc
 import os
 import warnings
+from pathlib import Path
+from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning import Callback
@@ -22,6 +26,19 @@ def wandb_credentials_available() -> bool:
         return False
 
 
+def wandb_run_identity() -> dict[str, Any]:
+    """Name, group and config of this job's W&B run: in a Hydra multirun each job is its own run, named by
+    its overrides and grouped by the sweep directory, with the overrides in its config."""
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    identity: dict[str, Any] = {"config": {"overrides": list(hydra_cfg.overrides.task)}}
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        identity["name"] = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
+        identity["group"] = Path(hydra_cfg.sweep.dir).name
+    return identity
+
+
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     """One logger per entry of the ``logger`` group. A W&B logger without credentials (and with no explicit
     ``WANDB_MODE``) runs in offline mode, with a warning, so a run never waits on the network."""
@@ -29,15 +46,20 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     for conf in (cfg or {}).values():
         if not isinstance(conf, DictConfig) or "_target_" not in conf:
             continue
-        if conf._target_ == WANDB_TARGET and not conf.get("offline", False):
-            if os.environ.get("WANDB_MODE") is None and not wandb_credentials_available():
+        kwargs: dict[str, Any] = {}
+        if conf._target_ == WANDB_TARGET:
+            offline = conf.get("offline", False) or os.environ.get("WANDB_MODE") is not None
+            if not offline and not wandb_credentials_available():
                 warnings.warn(
                     "no W&B credentials found: logging to W&B offline (sync later with `wandb sync`)",
                     stacklevel=2,
                 )
-                with open_dict(conf):
-                    conf.offline = True
-        loggers.append(instantiate(conf))
+                kwargs["offline"] = True
+            kwargs.update({k: v for k, v in wandb_run_identity().items() if conf.get(k) is None})
+            conf = conf.copy()  # ``config`` cannot be a keyword of ``instantiate`` itself
+            with open_dict(conf):
+                conf.merge_with(kwargs)
+        loggers.append(instantiate(conf, _convert_="all"))
     return loggers
 
 

@@ -74,7 +74,8 @@ class DATNetModule(pl.LightningModule):
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=batch_size)
-        if not torch.isfinite(loss):
+        # decided by all ranks together, so that under DDP they stop as one instead of waiting on each other
+        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
             raise FloatingPointError(f"non-finite loss at step {self.global_step}: {losses}")
         return loss
 

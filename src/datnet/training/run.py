@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from datnet.models import load_model_checkpoint
 from datnet.training.loggers import instantiate_callbacks, instantiate_loggers
 from datnet.training.module import DATNetModule
 from datnet.training.recipe import scale_recipe
+from datnet.training.sweep import prepare_ddp_relaunch
 from datnet.utils.config_tree import print_config_tree
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ def logged_metrics(trainer: pl.Trainer, prefix: str) -> dict[str, float]:
 def build_components(cfg: DictConfig, with_callbacks: bool = True):
     """Data module, model (classes from the data; resizing left to the data pipeline, which computes the
     auxiliary targets on the resized image), loggers, callbacks and trainer."""
+    prepare_ddp_relaunch()
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, resize_images=False)
     callbacks = instantiate_callbacks(cfg.get("callbacks")) if with_callbacks else []
@@ -80,6 +83,14 @@ def make_module(cfg: DictConfig, model, trainer: pl.Trainer, results_dir: Path) 
     return DATNetModule(model, optimizer, recipe, results_dir=str(results_dir), **cfg.get("module", {}))
 
 
+def stop_ddp_processes(trainer: pl.Trainer) -> None:
+    """Kill the DDP processes this one launched (Lightning's script launcher), so that a failing job does
+    not leave ranks waiting forever on a collective."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if launcher is not None and hasattr(launcher, "kill"):
+        launcher.kill(signal.SIGKILL)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fits the model, evaluates the final weights on val (and test if ``cfg.test``), reports METRICS."""
     out = output_dir(cfg)
@@ -90,14 +101,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print_config_tree(cfg, save_dir=str(out))
     module = make_module(cfg, model, trainer, out / "results")
     metrics: dict[str, Any] = {}
-    if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if module.last_eval_step != trainer.global_step or not module.last_metrics:
-        trainer.validate(module, datamodule=datamodule)
-    metrics.update(logged_metrics(trainer, "val/"))
-    if cfg.get("test"):
-        trainer.test(module, datamodule=datamodule)
-        metrics.update(logged_metrics(trainer, "test/"))
+    try:
+        if cfg.get("train", True):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if module.last_eval_step != trainer.global_step or not module.last_metrics:
+            trainer.validate(module, datamodule=datamodule)
+        metrics.update(logged_metrics(trainer, "val/"))
+        if cfg.get("test"):
+            trainer.test(module, datamodule=datamodule)
+            metrics.update(logged_metrics(trainer, "test/"))
+    except BaseException:
+        stop_ddp_processes(trainer)
+        raise
     metrics["step"] = trainer.global_step
     return report_metrics(metrics, out) if trainer.is_global_zero else metrics
 
