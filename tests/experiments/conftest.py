@@ -1,0 +1,55 @@
+"""Tiny-run settings for the experiment configs: ResNet-18, the embedded shapes data, few ROIs, one step."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from datnet.configs import compose_config
+
+TINY = [
+    "model.backbone.name=resnet18",
+    "model.detector.box_batch_size_per_image=16",
+    "++model.detector.rpn_post_nms_top_n_train=50",
+    "++model.detector.rpn_post_nms_top_n_test=50",
+    "data=shapes",
+    "data.num_train=8",
+    "data.num_val=4",
+    "data.batch_size=2",
+    "data.val_batch_size=2",
+    "data.num_workers=0",
+    "data.min_size=96",
+    "data.max_size=128",
+    "data.multiscale=false",
+    "trainer.fast_dev_run=true",
+    "logger=csv",
+    "callbacks.model_checkpoint=null",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.rich_model_summary=null",
+]
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    """One generated shapes data set for every tiny run of the session."""
+    return tmp_path_factory.mktemp("shapes")
+
+
+@pytest.fixture
+def tiny_experiment(tmp_path: Path, shapes_root: Path) -> Callable[[str], DictConfig]:
+    """``tiny_experiment(name)``: ``experiment=name`` shrunk to a 1-step run writing into ``tmp_path``."""
+
+    def compose(name: str) -> DictConfig:
+        return compose_config(
+            [
+                f"experiment={name}",
+                *TINY,
+                f"data.root={shapes_root}",
+                f"paths.output_dir={tmp_path}",
+                f"paths.data_dir={tmp_path}/data",
+            ],
+            config_name="train",
+        )
+
+    return compose
