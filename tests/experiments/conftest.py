@@ -11,8 +11,12 @@ from datnet.configs import compose_config
 TINY = [
     "model.backbone.name=resnet18",
     "model.detector.box_batch_size_per_image=16",
+    "++model.detector.rpn_pre_nms_top_n_train=100",
     "++model.detector.rpn_post_nms_top_n_train=50",
+    "++model.detector.rpn_pre_nms_top_n_test=100",
     "++model.detector.rpn_post_nms_top_n_test=50",
+    "++model.detector.box_detections_per_img=20",
+    "model.backbone.out_channels=64",
     "data=shapes",
     "data.num_train=8",
     "data.num_val=4",
