@@ -57,10 +57,19 @@ def test_fast_dev_run_on_real_data(tiny_config, shared_data_dir, preset, source)
     assert {"val/bbox/AP", "val/rpn/AR@100"} <= set(metrics)
 
 
+def run_script(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """Runs ``python <script> <args>`` as a user would, from the repository root; it must succeed."""
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    out = subprocess.run(
+        [sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 def test_cli_trains_checkpoints_and_eval_reproduces_metrics(tmp_path, shapes_overrides):
     """`python src/train.py ...` prints METRICS and writes metrics.json; `python src/eval.py` on the last
     checkpoint gives the same numbers."""
-    env = {**os.environ, "WANDB_MODE": "offline"}
     common = [
         "experiment=demo",
         "model.backbone.name=resnet18",
@@ -72,23 +81,16 @@ def test_cli_trains_checkpoints_and_eval_reproduces_metrics(tmp_path, shapes_ove
         f"paths.data_dir={tmp_path}/data",
     ]
     run_dir = tmp_path / "run"
-    out = subprocess.run(
+    out = run_script(
+        "src/train.py",
         [
-            sys.executable,
-            "src/train.py",
             *common,
             "trainer.max_steps=2",
             "schedule.checkpoint_every=1",
             "schedule.val_every=2",
             f"hydra.run.dir={run_dir}",
         ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("METRICS ")]
     assert len(lines) == 1
     trained = json.loads(lines[0][len("METRICS ") :])
@@ -98,21 +100,9 @@ def test_cli_trains_checkpoints_and_eval_reproduces_metrics(tmp_path, shapes_ove
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 2
 
     # like `make eval`: model and data come from the training run's saved config
-    out = subprocess.run(
-        [
-            sys.executable,
-            "src/eval.py",
-            f"ckpt_path={ckpt}",
-            "data.num_workers=0",
-            f"hydra.run.dir={tmp_path / 'eval'}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = run_script(
+        "src/eval.py", [f"ckpt_path={ckpt}", "data.num_workers=0", f"hydra.run.dir={tmp_path / 'eval'}"]
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     evaluated = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("METRICS ")][0][8:])
     for key, value in trained.items():
         if key.startswith("val/"):
