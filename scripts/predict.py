@@ -21,25 +21,22 @@ skipped and counted; the exit status is 1 when no PNG was written.
 """
 
 import argparse
-import colorsys
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from PIL import Image
 from torch import Tensor, nn
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from datnet.configs import compose_config
 from datnet.data.image_io import ImageLoadError, read_rgb
 from datnet.data.transforms import image_to_tensor
 from datnet.models import load_model_checkpoint
+from datnet.visualization import aux_panels, class_colors, draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 BACKGROUND = "__background__"
-MASK_THRESHOLD = 0.5
 DATA_PIPELINE_SIZES = ["model.detector.min_size=${data.min_size}", "model.detector.max_size=${data.max_size}"]
 
 
@@ -91,55 +88,6 @@ def resolve_class_names(names: list[str] | None, names_file: Path | None, num_cl
             f"give {num_classes - 1} names, or {num_classes} with the background first"
         )
     return names
-
-
-def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
-    """A fixed, well-spread colour per label (golden-ratio hues); black for the background."""
-    colors = [(0, 0, 0)]
-    for label in range(1, num_classes):
-        rgb = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.75, 1.0)
-        colors.append(tuple(round(255 * c) for c in rgb))
-    return colors
-
-
-def draw_detections(
-    image: Tensor, detection: dict[str, Tensor], names: list[str], colors: list, threshold: float
-) -> Tensor:
-    """``image`` (uint8 3xHxW) with the masks and labelled boxes of detections scoring ``>= threshold``."""
-    keep = detection["scores"] >= threshold
-    labels = detection["labels"][keep].tolist()
-    if not labels:
-        return image
-    label_colors = [colors[label] for label in labels]
-    if "masks" in detection:
-        masks = detection["masks"][keep][:, 0] >= MASK_THRESHOLD
-        image = draw_segmentation_masks(image, masks, alpha=0.45, colors=label_colors)
-    scores = detection["scores"][keep].tolist()
-    captions = [f"{names[label]} {score:.2f}" for label, score in zip(labels, scores)]
-    return draw_bounding_boxes(image, detection["boxes"][keep], captions, label_colors, width=2)
-
-
-def dt_image(dt: Tensor) -> Tensor:
-    """The DT softmax map (K, h, w) as a grey uint8 image: the expected bin scaled to 0..255."""
-    bins = torch.arange(dt.shape[0], dtype=dt.dtype, device=dt.device).view(-1, 1, 1)
-    level = (dt * bins).sum(0) / max(dt.shape[0] - 1, 1)
-    return (level * 255).round().to(torch.uint8).expand(3, -1, -1)
-
-
-def semantic_image(sem: Tensor, colors: list) -> Tensor:
-    """The semantic softmax map (C, h, w) as the colour of the most likely class per pixel."""
-    palette = torch.tensor(colors, dtype=torch.uint8, device=sem.device)
-    return palette[sem.argmax(0)].permute(2, 0, 1)
-
-
-def aux_panels(detection: dict[str, Tensor], size: tuple[int, int], colors: list) -> list[Tensor]:
-    """The DT and semantic maps present in ``detection``, each resized (nearest) to the image ``size``."""
-    panels = []
-    if "dt" in detection:
-        panels.append(dt_image(detection["dt"]))
-    if "sem" in detection:
-        panels.append(semantic_image(detection["sem"], colors))
-    return [F.interpolate(p[None].float(), size=size, mode="nearest")[0].to(torch.uint8) for p in panels]
 
 
 def output_path(output_dir: Path, source: Path, used: set[str]) -> Path:

@@ -1,5 +1,8 @@
 """Tiny Hydra configurations of the training harness: ResNet-18, small images, few ROIs, no workers."""
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -7,6 +10,8 @@ import pytest
 from omegaconf import DictConfig
 
 from datnet.configs import compose_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 TINY = [
     "model.backbone.name=resnet18",
@@ -29,6 +34,22 @@ def shapes_overrides(tmp_path_factory) -> list[str]:
     """The embedded shapes data, generated small (8 train, 5 val images) in a temporary directory."""
     root = tmp_path_factory.mktemp("shapes")
     return ["data=shapes", f"data.root={root}", "data.num_train=8", "data.num_val=5", "data.batch_size=2"]
+
+
+@pytest.fixture
+def run_script() -> Callable[[str, list[str]], subprocess.CompletedProcess]:
+    """``run_script(script, args)``: ``python <script> <args>`` as a user runs it, from the repository root,
+    W&B offline; it must succeed."""
+
+    def run(script: str, args: list[str]) -> subprocess.CompletedProcess:
+        env = {**os.environ, "WANDB_MODE": "offline"}
+        out = subprocess.run(
+            [sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    return run
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 the METRICS line, and resuming."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -57,17 +54,7 @@ def test_fast_dev_run_on_real_data(tiny_config, shared_data_dir, preset, source)
     assert {"val/bbox/AP", "val/rpn/AR@100"} <= set(metrics)
 
 
-def run_script(script: str, args: list[str]) -> subprocess.CompletedProcess:
-    """Runs ``python <script> <args>`` as a user would, from the repository root; it must succeed."""
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    out = subprocess.run(
-        [sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
-def test_cli_trains_checkpoints_and_eval_reproduces_metrics(tmp_path, shapes_overrides):
+def test_cli_trains_checkpoints_and_eval_reproduces_metrics(tmp_path, shapes_overrides, run_script):
     """`python src/train.py ...` prints METRICS and writes metrics.json; `python src/eval.py` on the last
     checkpoint gives the same numbers."""
     common = [

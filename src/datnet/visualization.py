@@ -1,0 +1,81 @@
+"""Drawing detections and the dense auxiliary maps (Sec. 3.1) as uint8 images, for predict.py and loggers."""
+
+import colorsys
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+MASK_THRESHOLD = 0.5
+IGNORE_COLOR = (255, 255, 255)
+
+
+def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
+    """A fixed, well-spread colour per label (golden-ratio hues); black for the background."""
+    colors = [(0, 0, 0)]
+    for label in range(1, num_classes):
+        rgb = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.75, 1.0)
+        colors.append(tuple(round(255 * c) for c in rgb))
+    return colors
+
+
+def draw_detections(
+    image: Tensor, detection: dict[str, Tensor], names: list[str], colors: list, threshold: float
+) -> Tensor:
+    """``image`` (uint8 3xHxW) with the masks and labelled boxes of detections scoring ``>= threshold``."""
+    keep = detection["scores"] >= threshold
+    labels = detection["labels"][keep].tolist()
+    if not labels:
+        return image
+    label_colors = [colors[label] for label in labels]
+    if "masks" in detection:
+        masks = detection["masks"][keep][:, 0] >= MASK_THRESHOLD
+        image = draw_segmentation_masks(image, masks, alpha=0.45, colors=label_colors)
+    scores = detection["scores"][keep].tolist()
+    captions = [f"{names[label]} {score:.2f}" for label, score in zip(labels, scores)]
+    return draw_bounding_boxes(image, detection["boxes"][keep], captions, label_colors, width=2)
+
+
+def dt_image(dt: Tensor) -> Tensor:
+    """The DT softmax map (K, h, w) as a grey uint8 image: the expected bin scaled to 0..255."""
+    bins = torch.arange(dt.shape[0], dtype=dt.dtype, device=dt.device).view(-1, 1, 1)
+    level = (dt * bins).sum(0) / max(dt.shape[0] - 1, 1)
+    return (level * 255).round().to(torch.uint8).expand(3, -1, -1)
+
+
+def semantic_image(sem: Tensor, colors: list) -> Tensor:
+    """The semantic softmax map (C, h, w) as the colour of the most likely class per pixel."""
+    palette = torch.tensor(colors, dtype=torch.uint8, device=sem.device)
+    return palette[sem.argmax(0)].permute(2, 0, 1)
+
+
+def aux_panels(detection: dict[str, Tensor], size: tuple[int, int], colors: list) -> list[Tensor]:
+    """The DT and semantic maps present in ``detection``, each resized (nearest) to the image ``size``."""
+    panels = []
+    if "dt" in detection:
+        panels.append(dt_image(detection["dt"]))
+    if "sem" in detection:
+        panels.append(semantic_image(detection["sem"], colors))
+    return [resize_panel(p, size) for p in panels]
+
+
+def resize_panel(panel: Tensor, size: tuple[int, int]) -> Tensor:
+    """A uint8 3xhxw map resized (nearest) to ``size``, to sit beside the image it belongs to."""
+    return F.interpolate(panel[None].float(), size=size, mode="nearest")[0].to(torch.uint8)
+
+
+def dense_target_image(
+    target: Tensor, colors: list, num_bins: int | None = None, ignore_index: int = 255
+) -> Tensor:
+    """A stride-4 ``dt`` (``num_bins`` given: grey levels like :func:`dt_image`) or ``sem`` target map as a
+    uint8 image, ignored pixels white."""
+    target = target.long()
+    ignored = target == ignore_index
+    safe = torch.where(ignored, torch.zeros_like(target), target)
+    if num_bins is not None:
+        image = (safe.float() * 255 / max(num_bins - 1, 1)).round().to(torch.uint8).expand(3, -1, -1).clone()
+    else:
+        image = torch.tensor(colors, dtype=torch.uint8)[safe].permute(2, 0, 1)
+    image[:, ignored] = torch.tensor(IGNORE_COLOR, dtype=torch.uint8).view(3, 1)
+    return image
