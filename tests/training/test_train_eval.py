@@ -104,3 +104,31 @@ def test_eval_function_on_saved_checkpoint_matches(tiny_config, shapes_overrides
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     evaluated = evaluate(tiny_config([*shapes_overrides, f"ckpt_path={ckpt}"], config_name="eval"))
     assert evaluated["val/bbox/AP"] == pytest.approx(trained["val/bbox/AP"])
+
+
+def test_test_dev_writes_result_files(tiny_config, shapes_overrides, tmp_path):
+    """A test split given as an image-info file (no annotations, like COCO test-dev) gives COCO result files
+    with the dataset's original category ids, for the images of that file."""
+    root = Path(tiny_config(shapes_overrides).data.root)
+    train(tiny_config([*shapes_overrides, "trainer.fast_dev_run=true", "callbacks.model_checkpoint=null"]))
+    info = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    info = {"images": info["images"], "categories": info["categories"]}
+    (tmp_path / "image_info.json").write_text(json.dumps(info))
+    metrics = train(
+        tiny_config(
+            [
+                *shapes_overrides,
+                "train=false",
+                "test=true",
+                "callbacks.model_checkpoint=null",
+                f"+data.test_ann_file={tmp_path / 'image_info.json'}",
+                "+data.test_img_dir=val2017",
+                "+model.detector.box_score_thresh=0.0",
+            ]
+        )
+    )
+    assert "val/bbox/AP" in metrics
+    results = json.loads((tmp_path / "results" / "bbox_results.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {c["id"] for c in info["categories"]}
+    assert {r["image_id"] for r in results} <= {im["id"] for im in info["images"]}
+    assert (tmp_path / "results" / "segm_results.json").is_file()

@@ -156,11 +156,14 @@ class DetectionDataModule(pl.LightningDataModule):
                 self.dataset(split)
 
     def coco_gt(self, split: str) -> dict[str, Any]:
-        """COCO-format ground truth of `split` (original image/category ids and sizes) for COCO evaluation."""
+        """COCO-format ground truth of `split` (original image/category ids and sizes) for COCO evaluation.
+        A split without annotations (test-dev image-info file) gives images and categories only: enough to
+        write result files, nothing to score."""
         ds = self.dataset(split)
+        gt = records_to_coco(ds.records, self.categories, self.difficult_as_crowd)
         if not ds.annotated:
-            raise ValueError(f"split '{split}' has no annotations (image-info file): nothing to evaluate")
-        return records_to_coco(ds.records, self.categories, self.difficult_as_crowd)
+            del gt["annotations"]
+        return gt
 
     # --- loaders --------------------------------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
