@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,15 +18,14 @@ import cv2
 import numpy as np
 import torch
 
+from datnet.configs import shared_data_root
 from datnet.data.aux_targets import dense_aux_targets
 from datnet.data.coco import load_coco
 from datnet.data.dataset import DetectionDataset
 from datnet.data.masks import decode_masks
 from datnet.data.transforms import AugmentConfig, apply_transforms, build_transforms
 
-DEFAULT_ROOT = Path(
-    os.environ.get("DATNET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+DEFAULT_ROOT = shared_data_root()
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ to bfloat16), timed with ``torch.cuda.synchronize``.
 
 import argparse
 import json
-import os
 import statistics
 import time
 from contextlib import nullcontext
@@ -36,7 +35,7 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from datnet.configs import compose_config
+from datnet.configs import compose_config, shared_data_root
 from datnet.data.image_io import read_rgb
 from datnet.data.transforms import image_to_tensor
 from datnet.paper_tables import TABLE7
@@ -46,12 +45,6 @@ BACKBONES = ("resnet50", "resnext101_32x8d")
 DEVICES = ("cpu", "cuda-fp32", "cuda-bf16")
 COCO_SHORT, COCO_LONG = 800, 1333
 RANDOM_ASPECT = 1.52  # 800 x 1216, a typical COCO landscape image
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path:
-    """``$DATNET_SHARED_DATA``, default ``<repo>/../shared/data``."""
-    return Path(os.environ.get("DATNET_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def load_images(num_images: int, size: int, data_dir: Path) -> tuple[list[Tensor], str]:
@@ -240,7 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    images, source = load_images(args.num_images, args.size, shared_data_dir())
+    images, source = load_images(args.num_images, args.size, shared_data_root())
     rows = [
         row
         for backbone in args.backbones

@@ -1,12 +1,11 @@
 """Fixtures shared by every test folder."""
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from datnet.configs import shared_data_root
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +14,7 @@ def shared_data_dir() -> Callable[[str], Path]:
     ``<repo>/../shared/data``); the test is skipped, saying where it looked, when it is absent."""
 
     def find(name: str) -> Path:
-        root = Path(os.environ.get("DATNET_SHARED_DATA", REPO.parent / "shared" / "data")) / name
+        root = shared_data_root() / name
         if not root.exists():
             pytest.skip(f"shared dataset '{name}' not found at {root} (set DATNET_SHARED_DATA)")
         return root

@@ -12,6 +12,11 @@ CONF_DIR = PROJECT_ROOT / "conf"
 os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
 
 
+def shared_data_root() -> Path:
+    """The small real datasets: ``$DATNET_SHARED_DATA``, default ``<repo>/../shared/data``."""
+    return Path(os.environ.get("DATNET_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
 def compose_config(overrides: list[str], config_name: str | None = None) -> DictConfig:
     """Composes ``config_name`` (or nothing, for single groups such as ``+model=light``) with overrides."""
     with initialize_config_dir(str(CONF_DIR), version_base=None):

@@ -4,7 +4,6 @@ written into tmp_path."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,26 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_data(name: str) -> Path:
-    """A dataset under $DATNET_SHARED_DATA (default <repo>/../shared/data); skip the test if it is absent."""
-    root = Path(os.environ.get("DATNET_SHARED_DATA", REPO.parent / "shared" / "data")) / name
-    if not root.exists():
-        pytest.skip(f"shared dataset '{name}' not found at {root} (set DATNET_SHARED_DATA)")
-    return root
-
 
 @pytest.fixture(scope="session")
-def shared():
-    """`shared(name)`: path of a shared real dataset, or skip."""
-    return shared_data
+def shared(shared_data_dir):
+    """`shared(name)`: path of a shared real dataset, or skip (the root conftest's `shared_data_dir`)."""
+    return shared_data_dir
 
 
 @pytest.fixture
-def tiny_coco() -> Path:
-    return shared_data("tiny_coco")
+def tiny_coco(shared_data_dir) -> Path:
+    return shared_data_dir("tiny_coco")
 
 
 @pytest.fixture

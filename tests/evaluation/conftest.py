@@ -6,14 +6,14 @@ exposed as fixtures (test modules cannot import this file under ``--import-mode=
 """
 
 import json
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from faster_coco_eval.core import mask as mask_util
+
+from datnet.configs import shared_data_root
 
 LABEL_TO_CATEGORY_ID = {1: 1, 2: 3, 3: 90}
 
@@ -179,8 +179,7 @@ def imperfect_predictions() -> Callable[[dict, int], dict[int, Prediction]]:
 @pytest.fixture
 def tiny_coco_gt() -> dict:
     """COCO 2017 val annotations of the shared ``tiny_coco`` subset (50 images, original ids)."""
-    root = Path(os.environ.get("DATNET_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-    path = root / "tiny_coco" / "annotations" / "instances_val2017.json"
+    path = shared_data_root() / "tiny_coco" / "annotations" / "instances_val2017.json"
     if not path.is_file():
         pytest.skip(f"shared tiny_coco data not found at {path} (set DATNET_SHARED_DATA)")
     return json.loads(path.read_text())
