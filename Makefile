@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test train eval predict lint clean
+.PHONY: install test train eval predict ablation lint clean
 
 # `make train ARGS="model=heavy"` adds Hydra overrides; `make eval CKPT=path` evaluates another checkpoint.
 ARGS ?=
@@ -34,6 +34,11 @@ IMAGES ?= data/shapes/val2017
 predict: $(STAMP)
 	@test -n "$(CKPT)" || { echo "no checkpoint: run 'make train' first or pass CKPT=path"; exit 2; }
 	$(PY) scripts/predict.py --checkpoint $(CKPT) experiment=demo model.num_classes=4 --class-names circle square triangle --aux-maps $(IMAGES) --output-dir predictions $(ARGS)
+
+# The real-data ablation of docs/results.md (Tables 2-3 arms x 3 seeds on the ../shared/data sets, CPU, ~1.5 h);
+# `make ablation ARGS="pennfudan"` runs one dataset.
+ablation: $(STAMP)
+	PYTHON=$(PY) scripts/ablation.sh $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
