@@ -117,7 +117,7 @@ def arm_report(arm: Arm, baseline: Arm | None, experiments: Path) -> dict[str, A
     rows = PAPER_ROWS.get(arm.arm)
     for key in DELTAS:
         paper = None
-        if rows:
+        if rows and arm.arm != BASELINE:
             paper = paper_metrics(rows[0], experiments)[key] - paper_metrics(rows[1], experiments)[key]
         seeds = sorted(set(arm.metrics) & set(baseline.metrics)) if baseline and arm is not baseline else []
         diffs = [
