@@ -7,7 +7,8 @@
 override) and any other override but the seed; each group shows the number of seeds, mean and sample
 standard deviation of box AP, AP50, mask AP and RPN AR@100, and the difference to the Mask R-CNN arm paired
 by seed (same seed: same backbone initialisation and data order) with the number of seeds where the arm is
-ahead, beside the paper's difference for the same row (Tables 2 and 3, read from ``conf/experiment``).
+ahead, beside the paper's difference for the same row (Tables 2 and 3, read from ``conf/experiment``),
+and the mean wall time of a job (equal steps are not equal time: compare it only within one sweep).
 Failed or unfinished jobs are counted per group, never dropped silently.
 """
 
@@ -46,6 +47,7 @@ class Arm:
     arm: str
     extra: str
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # seed -> METRICS
+    seconds: list[float] = field(default_factory=list)  # wall time of each finished job
     unfinished: list[str] = field(default_factory=list)  # job directories that failed or did not finish
 
 
@@ -73,6 +75,7 @@ def collect_arms(root: Path) -> list[Arm]:
             arm = arms.setdefault((sweep.name, arm_name, extra), Arm(sweep.name, arm_name, extra))
             if job["status"] == "completed":
                 arm.metrics[seed] = job["metrics"]
+                arm.seconds.append(job_seconds(sweep / job["job"]))
             else:
                 arm.unfinished.append(f"{sweep.name}/{job['job']} ({job['status']})")
     order = list(PAPER_ROWS)
@@ -80,6 +83,12 @@ def collect_arms(root: Path) -> list[Arm]:
         arms.values(),
         key=lambda a: (a.dataset, a.extra, order.index(a.arm) if a.arm in order else len(order), a.arm),
     )
+
+
+def job_seconds(job_dir: Path) -> float:
+    """Wall time of a finished job: from its composed config to its metrics file."""
+    start = (job_dir / ".hydra" / "config.yaml").stat().st_mtime
+    return (job_dir / "metrics.json").stat().st_mtime - start
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -107,6 +116,7 @@ def arm_report(arm: Arm, baseline: Arm | None, experiments: Path) -> dict[str, A
         "extra": arm.extra,
         "seeds": sorted(arm.metrics),
         "unfinished": arm.unfinished,
+        "seconds_per_job": statistics.fmean(arm.seconds) if arm.seconds else None,
         "metrics": {},
         "delta": {},
     }
@@ -162,7 +172,7 @@ def markdown(reports: list[dict[str, Any]]) -> str:
     """One table per dataset (and extra overrides); values in %, mean ± sample sd over seeds."""
     header = [
         "arm", "seeds", "box AP", "box AP50", "mask AP", "RPN AR@100",
-        "Δ box AP (ahead)", "paper Δ box", "Δ mask AP (ahead)", "paper Δ mask", "unfinished",
+        "Δ box AP (ahead)", "paper Δ box", "Δ mask AP (ahead)", "paper Δ mask", "min/job", "unfinished",
     ]
     out = []
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -178,6 +188,7 @@ def markdown(reports: list[dict[str, Any]]) -> str:
                 *(mean_sd(m.get(k)) for k in METRICS),
                 delta_cell(d["bbox/AP"]), percent(d["bbox/AP"]["paper"], signed=True),
                 delta_cell(d["segm/AP"]), percent(d["segm/AP"]["paper"], signed=True),
+                "-" if r["seconds_per_job"] is None else f"{r['seconds_per_job'] / 60:.1f}",
                 str(len(r["unfinished"])),
             ]
             out.append("| " + " | ".join(cells) + " |")

@@ -55,6 +55,7 @@ def write_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None)
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text("{}")
     if metrics is not None:
         (job / "metrics.json").write_text(json.dumps(metrics))
 
@@ -73,6 +74,7 @@ def test_report_means_spreads_and_paired_differences(load_script, tmp_path):
     reports = {r["arm"]: r for r in report.build_reports(tmp_path)}
     dt = reports["dt"]
     assert dt["seeds"] == [0, 1] and dt["unfinished"] == ["toy/4 (unknown)"]
+    assert 0 <= dt["seconds_per_job"] < 60
     assert dt["metrics"]["val/bbox/AP"]["mean"] == pytest.approx(0.16)
     assert dt["metrics"]["val/bbox/AP"]["sd"] == pytest.approx(0.0424264, abs=1e-6)
     delta = dt["delta"]["bbox/AP"]
