@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from datnet.configs import compose_config
 from datnet.data.image_io import ImageLoadError, read_rgb
 from datnet.data.transforms import image_to_tensor
-from datnet.models import load_model_checkpoint
+from datnet.models import fold_batchnorm_, load_model_checkpoint
 from datnet.visualization import aux_panels, class_colors, draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -64,14 +64,16 @@ def collect_images(paths: list[Path]) -> list[Path]:
 
 
 def build_model(overrides: list[str], checkpoint: str | None, device: str) -> nn.Module:
-    """The model of ``conf/train.yaml`` with ``overrides``, in eval mode, resizing raw images itself to the
-    evaluation size of the training data pipeline (``data.min_size``/``data.max_size``) unless
-    ``model.detector.min_size``/``max_size`` are overridden."""
+    """The model of ``conf/train.yaml`` with ``overrides``, in eval mode with BatchNorm folded into the
+    convolutions, resizing raw images itself to the evaluation size of the training data pipeline
+    (``data.min_size``/``data.max_size``) unless ``model.detector.min_size``/``max_size`` are overridden."""
     cfg = compose_config([*DATA_PIPELINE_SIZES, *overrides], config_name="train")
     model = instantiate(cfg.model, resize_images=True)
     if checkpoint:
         load_model_checkpoint(model, checkpoint)
-    return model.eval().to(device)
+    model.eval()
+    fold_batchnorm_(model)
+    return model.to(device)
 
 
 def resolve_class_names(names: list[str] | None, names_file: Path | None, num_classes: int) -> list[str]:

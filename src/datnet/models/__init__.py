@@ -4,6 +4,7 @@ from datnet.models.aux_heads import DenseAuxHead, DistanceTransformHead, Semanti
 from datnet.models.auxiliary import DenseAuxiliaryTasks
 from datnet.models.build import build_datnet, load_model_checkpoint
 from datnet.models.datnet import DATNet, DATNetTransform
+from datnet.models.fold_bn import fold_batchnorm_
 from datnet.models.fusion import FeatureFusion
 from datnet.models.losses import dense_focal_loss
 from datnet.models.mspwa import MaxSqueezeExcitation, MultiScaleAttentionPooler
@@ -20,5 +21,6 @@ __all__ = [
     "SemanticHead",
     "build_datnet",
     "dense_focal_loss",
+    "fold_batchnorm_",
     "load_model_checkpoint",
 ]
