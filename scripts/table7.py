@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from datnet.configs import compose_config, shared_data_root
@@ -100,6 +101,16 @@ def calibrate_score_threshold(model: nn.Module, image: Tensor, candidates: int, 
     return model.roi_heads.score_thresh
 
 
+@torch.inference_mode()
+def count_gmacs(model: nn.Module, image: Tensor, device: str) -> float:
+    """Billions of multiply-accumulates of one forward on ``image``, from torch's FLOP counter: the arithmetic
+    share of a model. Convolutions and matrix products count; element-wise work, ROIAlign, NMS and mask
+    pasting count nothing (they are the part of the time that arithmetic does not predict)."""
+    with FlopCounterMode(display=False) as counter, precision_context(device):
+        model([image])
+    return counter.get_total_flops() / 2e9
+
+
 def count_parameters(model: nn.Module) -> int:
     """Learned weights: the parameters plus the scale and shift of frozen BatchNorm layers (buffers there),
     so that the count is the preset's with trainable BatchNorm (Table 7, ``scripts/model_report.py``)."""
@@ -153,9 +164,10 @@ def benchmark_backbone(
         for model in models.values():
             fold_batchnorm_(model)
     on_device = [image.to(torch_device) for image in images]
-    detections = {}
+    detections, gmacs = {}, {}
     for preset, model in models.items():
         calibrate_score_threshold(model, on_device[0], args.candidates, device)
+        gmacs[preset] = count_gmacs(model, on_device[0], device)
         for _ in range(args.warmup):
             detections[preset] = time_pass(model, on_device, device)[1]
     times: dict[str, list[float]] = {p: [] for p in presets}
@@ -173,6 +185,8 @@ def benchmark_backbone(
                 "ms_per_image": round(ms, 2),
                 "ratio_to_maskrcnn": None,
                 "params": params[preset],
+                "gmac_per_image": round(gmacs[preset], 3),
+                "gmac_ratio_to_maskrcnn": None,
                 "detections_per_image": detections.get(preset),
             }
         )
@@ -180,26 +194,34 @@ def benchmark_backbone(
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """``ratio_to_maskrcnn``: time over Mask R-CNN's on the same backbone and device (None without it)."""
-    baseline = {(r["backbone"], r["device"]): r["ms_per_image"] for r in rows if r["model"] == "maskrcnn"}
+    """``ratio_to_maskrcnn`` (time) and ``gmac_ratio_to_maskrcnn`` (arithmetic) over Mask R-CNN's on the
+    same backbone and device (None without it)."""
+    baseline = {(r["backbone"], r["device"]): r for r in rows if r["model"] == "maskrcnn"}
+    pairs = (("ms_per_image", "ratio_to_maskrcnn"), ("gmac_per_image", "gmac_ratio_to_maskrcnn"))
     for row in rows:
         base = baseline.get((row["backbone"], row["device"]))
-        row["ratio_to_maskrcnn"] = round(row["ms_per_image"] / base, 3) if base else None
+        for key, ratio in pairs:
+            row[ratio] = round(row[key] / base[key], 3) if base else None
     return rows
 
 
 def print_table(rows: list[dict], source: str, args: argparse.Namespace) -> None:
-    """The measured rows with the paper's Table 7 (P100 ms, ratio, millions of parameters) beside them."""
+    """The measured rows (time, its ratio, the arithmetic and its ratio) with the paper's Table 7 (P100 ms,
+    ratio, millions of parameters) beside them."""
     print(f"images: {source}; short side {args.size}; {args.repeats} repeats (median), {args.warmup} warm-up")
-    header = f"{'model':<10}{'backbone':<18}{'device':<11}{'ms/img':>9}{'ratio':>7}{'dets':>6}"
-    print(header + f"{'params (M)':>12}{'paper ms':>10}{'ratio':>7}{'params':>8}")
+    header = f"{'model':<10}{'backbone':<18}{'device':<11}{'ms/img':>9}{'ratio':>7}{'GMAC':>7}{'ratio':>7}"
+    print(header + f"{'dets':>6}{'params (M)':>12}{'paper ms':>10}{'ratio':>7}{'params':>8}")
     for row in rows:
         paper_ms, paper_params = TABLE7.get((row["model"], row["backbone"]), (None, None))
         paper_base = TABLE7.get(("maskrcnn", row["backbone"]), (None,))[0]
-        ratio = f"{row['ratio_to_maskrcnn']:.2f}" if row["ratio_to_maskrcnn"] is not None else "-"
+        ratios = [
+            "-" if row[key] is None else f"{row[key]:.2f}"
+            for key in ("ratio_to_maskrcnn", "gmac_ratio_to_maskrcnn")
+        ]
         paper = f"{paper_ms:>10}{paper_ms / paper_base:>7.2f}{paper_params:>8.1f}" if paper_ms else ""
         print(
-            f"{row['model']:<10}{row['backbone']:<18}{row['device']:<11}{row['ms_per_image']:>9.1f}{ratio:>7}"
+            f"{row['model']:<10}{row['backbone']:<18}{row['device']:<11}{row['ms_per_image']:>9.1f}"
+            f"{ratios[0]:>7}{row['gmac_per_image']:>7.0f}{ratios[1]:>7}"
             f"{row['detections_per_image'] or 0:>6.0f}{row['params'] / 1e6:>12.2f}{paper}"
         )
 

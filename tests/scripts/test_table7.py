@@ -16,7 +16,7 @@ TINY = [
     *("--num-classes", str(NUM_CLASSES), "--overrides", "+model.detector.rpn_post_nms_top_n_test=20"),
     f"+model.detector.box_detections_per_img={DETECTIONS}",
 ]
-FIELDS = {"model", "backbone", "device", "ms_per_image", "ratio_to_maskrcnn", "params"}
+FIELDS = {"model", "backbone", "device", "ms_per_image", "ratio_to_maskrcnn", "params", "gmac_per_image"}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,15 @@ def test_ratios_are_relative_to_maskrcnn(rows):
     assert rows[0]["ratio_to_maskrcnn"] == 1
     for row in rows[1:]:
         assert row["ratio_to_maskrcnn"] == pytest.approx(row["ms_per_image"] / base, abs=1e-3)
+        assert row["gmac_ratio_to_maskrcnn"] == pytest.approx(
+            row["gmac_per_image"] / rows[0]["gmac_per_image"], abs=1e-2
+        )
+
+
+def test_arithmetic_grows_with_the_roi_heads(rows):
+    """Light adds the auxiliary heads and res5 on every proposal; Heavy res5 at 14x14 (4x Light's)."""
+    gmacs = {row["model"]: row["gmac_per_image"] for row in rows}
+    assert 0 < gmacs["maskrcnn"] < gmacs["light"] < gmacs["heavy"]
 
 
 def test_params_are_the_models_parameter_count(rows):
