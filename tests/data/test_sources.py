@@ -156,7 +156,7 @@ def test_pennfudan_png_instance_masks(shared):
     train, val = dm.dataset("train"), dm.dataset("val")
     assert len(train) == 120 and len(val) == 50
     assert not {r.path for r in train.records} & {r.path for r in val.records}
-    assert sum(len(r.instances) for r in train.records + val.records) == 423  # per SOURCE.txt
+    assert sum(len(r.instances) for r in [*train.records, *val.records]) == 423  # per SOURCE.txt
     image, target = val[0]
     check_sample(image, target, dm.num_classes)
     assert dm.num_classes == 2 and len(target["labels"]) == len(val.records[0].instances)

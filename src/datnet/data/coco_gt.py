@@ -9,6 +9,7 @@ Annotation ids are renumbered from 1: pycocotools treats a ground-truth id of 0 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from datnet.data.masks import to_rle
@@ -27,7 +28,7 @@ def _segmentation(inst, rec: ImageRecord) -> Any:
 
 
 def records_to_coco(
-    records: list[ImageRecord], categories: list[Category], difficult_as_crowd: bool = True
+    records: Sequence[ImageRecord], categories: list[Category], difficult_as_crowd: bool = True
 ) -> dict[str, Any]:
     """The `{"images", "annotations", "categories"}` dict of the records (see module docstring)."""
     images, annotations = [], []

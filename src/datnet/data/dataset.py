@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from datnet.data.aux_targets import IGNORE, dense_aux_targets, grid_shape
 from datnet.data.image_io import ImageLoadError, read_rgb
 from datnet.data.masks import decode_masks
-from datnet.data.records import Category, ImageRecord, Instance, SourceData
+from datnet.data.records import Category, ImageRecord, Instance, SerializedRecords, SourceData
 from datnet.data.transforms import apply_transforms, image_to_tensor
 
 Sample = tuple[torch.Tensor, dict[str, Any]]
@@ -67,6 +67,9 @@ class DetectionDataset(Dataset):
             the training split's list to the other splits so that labels agree.
         aux_stride: stride of the dense auxiliary targets (4: the P2 resolution of the aux heads).
         use_difficult: train on VOC `difficult` objects instead of treating them as ignore regions.
+
+    `records` holds the split's cleaned records serialised (`SerializedRecords`), so that loader workers share
+    them with the main process instead of copying them.
     """
 
     def __init__(
@@ -77,7 +80,7 @@ class DetectionDataset(Dataset):
         aux_stride: int = 4,
         use_difficult: bool = False,
     ) -> None:
-        self.records: list[ImageRecord] = source.records
+        records: list[ImageRecord] = source.records
         self.categories = list(categories if categories is not None else source.categories)
         if len(self.categories) >= IGNORE:
             raise ValueError(f"{len(self.categories)} classes do not fit the uint8 semantic target")
@@ -87,12 +90,13 @@ class DetectionDataset(Dataset):
         self.aux_stride = aux_stride
         self.use_difficult = use_difficult
         self.skip_counts: Counter[str] = source.skips.counts
-        self._drop_unknown_categories(source)
+        self._drop_unknown_categories(records, source)
         source.skips.log_summary()
+        self.records = SerializedRecords(records)
 
-    def _drop_unknown_categories(self, source: SourceData) -> None:
+    def _drop_unknown_categories(self, records: list[ImageRecord], source: SourceData) -> None:
         """Instances whose category is not in the label space are counted and removed."""
-        for rec in self.records:
+        for rec in records:
             kept = []
             for inst in rec.instances:
                 if inst.category_id is None or inst.category_id in self.category_to_label:
