@@ -69,7 +69,8 @@ class DetectionDataset(Dataset):
         use_difficult: train on VOC `difficult` objects instead of treating them as ignore regions.
 
     `records` holds the split's cleaned records serialised (`SerializedRecords`), so that loader workers share
-    them with the main process instead of copying them.
+    them with the main process instead of copying them; the records are moved out of `source`, which is left
+    with none.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class DetectionDataset(Dataset):
         self._drop_unknown_categories(records, source)
         source.skips.log_summary()
         self.records = SerializedRecords(records)
+        source.records = []  # moved, not copied: no Python copy stays alive for forked workers to copy
 
     def _drop_unknown_categories(self, records: list[ImageRecord], source: SourceData) -> None:
         """Instances whose category is not in the label space are counted and removed."""
