@@ -6,6 +6,7 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from datnet.models.auxiliary import DenseAuxiliaryTasks
+from datnet.models.shared_res5 import shared_res5_losses, shares_res5
 
 AUX_STRIDE = 4
 
@@ -43,7 +44,8 @@ class DATNet(MaskRCNN):
     Mask R-CNN) and the ROI poolers/heads of the box and mask branches (FPN pooling or MSPwA; 2fc, 4conv1fc
     or res5; Light or Heavy mask heads, Fig. 4). With ``auxiliary=None`` and torchvision's default heads the
     model is exactly torchvision's ``MaskRCNN``: same modules, same state dict, same outputs.
-    ``mask_roi_pool=False`` removes the mask branch (Faster R-CNN, Table 6).
+    ``mask_roi_pool=False`` removes the mask branch (Faster R-CNN, Table 6). Heavy heads (one pooler and one
+    res5 for box and mask) are trained with one res5 pass over the sampled ROIs (``shared_res5_losses``).
     """
 
     def __init__(
@@ -99,7 +101,12 @@ class DATNet(MaskRCNN):
             aux_targets = targets if self.training else None
             features, aux_losses, aux_maps = self.auxiliary(features, aux_targets, return_aux_maps)
         proposals, proposal_losses = self.rpn(image_list, features, targets)
-        detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        if self.training and shares_res5(self.roi_heads):
+            detector_losses = shared_res5_losses(
+                self.roi_heads, features, proposals, image_list.image_sizes, targets
+            )
+        else:
+            detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
         if self.training:
             return {**detector_losses, **proposal_losses, **aux_losses}
         detections = self.transform.postprocess(detections, image_list.image_sizes, output_sizes)

@@ -45,7 +45,12 @@ class Res5BoxHead(nn.Module):
         self.out_channels = res5_out_channels(res5)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.res5(x), 1), 1)
+        return self.pool(self.res5(x))
+
+    @staticmethod
+    def pool(maps: Tensor) -> Tensor:
+        """The box representation of res5 maps: global average pool, flattened to (N, C)."""
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(maps, 1), 1)
 
 
 def build_box_head(
