@@ -61,14 +61,11 @@ def scene(size: int, objects: int, positives: int) -> tuple[list[Tensor], list[d
     return [torch.cat([around + jitter, background])], [target]
 
 
-def time_step(step, repeats: int) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``step``."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
+def seconds(step) -> float:
+    """Wall-clock seconds of one call of ``step``."""
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):
         for name, run in steps.items():
-            times[name] += time_step(run, 1)
+            times[name].append(seconds(run))
     labels = heads.select_training_samples(proposals, targets)[2]
     result = {
         "sampled_rois": int(labels[0].numel()),

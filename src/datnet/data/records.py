@@ -98,7 +98,7 @@ class SerializedRecords(Sequence):
             raise IndexError(f"record {index} out of range ({len(self)} records)")
         index %= len(self)
         start = int(self._ends[index - 1]) if index else 0
-        return pickle.loads(self._buffer[start : int(self._ends[index])].tobytes())
+        return pickle.loads(memoryview(self._buffer[start : int(self._ends[index])]))
 
     @property
     def nbytes(self) -> int:

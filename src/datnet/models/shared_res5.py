@@ -10,6 +10,8 @@ quarter of the ROIs. Inference is torchvision's path unchanged: the mask branch 
 boxes, which are not the proposals.
 """
 
+from itertools import accumulate
+
 import torch
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_loss
@@ -43,7 +45,7 @@ def shared_res5_losses(
     loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, targets_reg)
 
     positives = [torch.where(image_labels > 0)[0] for image_labels in labels]
-    starts = torch.tensor([0] + [len(p) for p in proposals[:-1]], device=maps.device).cumsum(0)
+    starts = accumulate((len(p) for p in proposals[:-1]), initial=0)
     rows = torch.cat([pos + start for pos, start in zip(positives, starts)])
     loss_mask = maskrcnn_loss(
         roi_heads.mask_predictor(maps[rows]),
