@@ -45,10 +45,10 @@ def end_job(environment: dict[str, str]) -> None:
     """Leave nothing of a job to the next job of the sweep in this process: its W&B run is finished (the
     next job starts its own), its DDP process group destroyed, and the environment variables that the DDP
     launcher set (``MASTER_PORT``, ``WORLD_SIZE``, ...) restored to ``environment``, so that the next job
-    starts its ranks on a fresh port."""
-    import wandb
-
-    if wandb.run is not None:
+    starts its ranks on a fresh port. A W&B run exists only if the wandb logger imported ``wandb``, so it is
+    looked up, not imported: runs with other loggers need no wandb installed."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
         wandb.finish()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
