@@ -23,7 +23,8 @@ Frozen BatchNorm is folded into the convolutions of every model (``datnet.models
 same outputs, without two extra passes over every activation, which weigh most in the res5 ROI heads);
 ``--unfolded-bn`` times the layers as the paper's maskrcnn-benchmark ran them. Parameters are counted before
 folding. Devices: ``cpu``; ``cuda-fp32`` (PyTorch's default precision settings) and ``cuda-bf16``
-(``torch.autocast`` to bfloat16), timed with ``torch.cuda.synchronize``.
+(``torch.autocast`` to bfloat16), timed with ``torch.cuda.synchronize``. ``--compile both`` times every model
+eager and with its dense part compiled (``module.compile``), side by side in the same interleaved repeats.
 """
 
 import argparse
@@ -42,7 +43,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from datnet.configs import compose_config, shared_data_root
 from datnet.data.image_io import read_rgb
 from datnet.data.transforms import image_to_tensor
-from datnet.models import fold_batchnorm_
+from datnet.models import compile_dense_, fold_batchnorm_
 from datnet.paper_tables import TABLE7
 
 PRESETS = ("maskrcnn", "light", "heavy")
@@ -147,47 +148,56 @@ def time_pass(model: nn.Module, images: list[Tensor], device: str) -> tuple[floa
     return 1000 * elapsed / len(images), detections / len(images)
 
 
+COMPILE_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
+
+
 def benchmark_backbone(
     backbone: str, presets: list[str], device: str, images: list[Tensor], args: argparse.Namespace
 ) -> list[dict]:
-    """Rows for every preset on one backbone and device: warm-up, then interleaved repeats, median."""
+    """Rows for every preset (eager and/or compiled) on one backbone and device: warm-up, then interleaved
+    repeats, median. A compiled model has its dense part (backbone, auxiliary heads, fusion) compiled by
+    ``datnet.models.compile_dense_`` after BatchNorm folding; its warm-up passes include the compilation."""
     torch_device = "cuda" if device.startswith("cuda") else "cpu"
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    variants = [(p, compiled) for compiled in COMPILE_CHOICES[args.compile] for p in presets]
     models = {
-        p: build_model(p, backbone, args.size, args.num_classes, args.overrides).to(
+        variant: build_model(variant[0], backbone, args.size, args.num_classes, args.overrides).to(
             torch_device, memory_format=memory_format
         )
-        for p in presets
+        for variant in variants
     }
-    params = {p: count_parameters(model) for p, model in models.items()}
-    if not args.unfolded_bn:
-        for model in models.values():
+    params = {variant: count_parameters(model) for variant, model in models.items()}
+    for (_, compiled), model in models.items():
+        if not args.unfolded_bn:
             fold_batchnorm_(model)
+        if compiled:
+            compile_dense_(model)
     on_device = [image.to(torch_device) for image in images]
     detections, gmacs = {}, {}
-    for preset, model in models.items():
+    for variant, model in models.items():
         calibrate_score_threshold(model, on_device[0], args.candidates, device)
-        gmacs[preset] = count_gmacs(model, on_device[0], device)
+        if not variant[1]:  # the FLOP counter does not see through compiled code; the arithmetic is the same
+            gmacs[variant[0]] = count_gmacs(model, on_device[0], device)
         for _ in range(args.warmup):
-            detections[preset] = time_pass(model, on_device, device)[1]
-    times: dict[str, list[float]] = {p: [] for p in presets}
+            detections[variant] = time_pass(model, on_device, device)[1]
+    times: dict[tuple[str, bool], list[float]] = {variant: [] for variant in models}
     for _ in range(args.repeats):
-        for preset, model in models.items():
-            times[preset].append(time_pass(model, on_device, device)[0])
+        for variant, model in models.items():
+            times[variant].append(time_pass(model, on_device, device)[0])
     rows = []
-    for preset in models:
-        ms = statistics.median(times[preset])
+    for (preset, compiled), ms_list in times.items():
         rows.append(
             {
                 "model": preset,
                 "backbone": backbone,
                 "device": device,
-                "ms_per_image": round(ms, 2),
+                "compiled": compiled,
+                "ms_per_image": round(statistics.median(ms_list), 2),
                 "ratio_to_maskrcnn": None,
-                "params": params[preset],
-                "gmac_per_image": round(gmacs[preset], 3),
+                "params": params[preset, compiled],
+                "gmac_per_image": None if preset not in gmacs else round(gmacs[preset], 3),
                 "gmac_ratio_to_maskrcnn": None,
-                "detections_per_image": detections.get(preset),
+                "detections_per_image": detections.get((preset, compiled)),
             }
         )
     return rows
@@ -195,13 +205,18 @@ def benchmark_backbone(
 
 def add_ratios(rows: list[dict]) -> list[dict]:
     """``ratio_to_maskrcnn`` (time) and ``gmac_ratio_to_maskrcnn`` (arithmetic) over Mask R-CNN's on the
-    same backbone and device (None without it)."""
-    baseline = {(r["backbone"], r["device"]): r for r in rows if r["model"] == "maskrcnn"}
+    same backbone and device, eager or compiled alike (None without it); the arithmetic of a compiled model is
+    its eager twin's."""
+    gmacs = {(r["model"], r["backbone"], r["device"]): r["gmac_per_image"] for r in rows if not r["compiled"]}
+    for row in rows:
+        if row["gmac_per_image"] is None:
+            row["gmac_per_image"] = gmacs.get((row["model"], row["backbone"], row["device"]))
+    baseline = {(r["backbone"], r["device"], r["compiled"]): r for r in rows if r["model"] == "maskrcnn"}
     pairs = (("ms_per_image", "ratio_to_maskrcnn"), ("gmac_per_image", "gmac_ratio_to_maskrcnn"))
     for row in rows:
-        base = baseline.get((row["backbone"], row["device"]))
+        base = baseline.get((row["backbone"], row["device"], row["compiled"]))
         for key, ratio in pairs:
-            row[ratio] = round(row[key] / base[key], 3) if base else None
+            row[ratio] = round(row[key] / base[key], 3) if base and row[key] is not None else None
     return rows
 
 
@@ -209,7 +224,7 @@ def print_table(rows: list[dict], source: str, args: argparse.Namespace) -> None
     """The measured rows (time, its ratio, the arithmetic and its ratio) with the paper's Table 7 (P100 ms,
     ratio, millions of parameters) beside them."""
     print(f"images: {source}; short side {args.size}; {args.repeats} repeats (median), {args.warmup} warm-up")
-    header = f"{'model':<10}{'backbone':<18}{'device':<11}{'ms/img':>9}{'ratio':>7}{'GMAC':>7}{'ratio':>7}"
+    header = f"{'model':<10}{'backbone':<18}{'device':<19}{'ms/img':>9}{'ratio':>7}{'GMAC':>7}{'ratio':>7}"
     print(header + f"{'dets':>6}{'params (M)':>12}{'paper ms':>10}{'ratio':>7}{'params':>8}")
     for row in rows:
         paper_ms, paper_params = TABLE7.get((row["model"], row["backbone"]), (None, None))
@@ -219,8 +234,9 @@ def print_table(rows: list[dict], source: str, args: argparse.Namespace) -> None
             for key in ("ratio_to_maskrcnn", "gmac_ratio_to_maskrcnn")
         ]
         paper = f"{paper_ms:>10}{paper_ms / paper_base:>7.2f}{paper_params:>8.1f}" if paper_ms else ""
+        device = row["device"] + (" compiled" if row["compiled"] else "")
         print(
-            f"{row['model']:<10}{row['backbone']:<18}{row['device']:<11}{row['ms_per_image']:>9.1f}"
+            f"{row['model']:<10}{row['backbone']:<18}{device:<19}{row['ms_per_image']:>9.1f}"
             f"{ratios[0]:>7}{row['gmac_per_image']:>7.0f}{ratios[1]:>7}"
             f"{row['detections_per_image'] or 0:>6.0f}{row['params'] / 1e6:>12.2f}{paper}"
         )
@@ -244,6 +260,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=81)
     parser.add_argument(
         "--candidates", type=int, default=2000, help="(box, class) pairs per image before NMS; 0: all"
+    )
+    parser.add_argument(
+        "--compile",
+        choices=sorted(COMPILE_CHOICES),
+        default="off",
+        help="torch.compile the dense part (module.compile); both: eager and compiled side by side",
     )
     parser.add_argument("--channels-last", action="store_true", help="weights in channels-last memory format")
     parser.add_argument(

@@ -13,6 +13,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from datnet.configs import compose_config
 from datnet.models import build_datnet
+from datnet.models.mixed_precision import AutocastFrozenBatchNorm2d
 from datnet.paper_tables import TABLE7
 
 from .conftest import NUM_CLASSES, SMALL_DETECTOR, small_model
@@ -173,7 +174,7 @@ def test_backbone_and_res5_from_local_imagenet_state_dict(tmp_path):
     body = model.backbone.body
     torch.testing.assert_close(body.conv1.weight, imagenet.conv1.weight)
     torch.testing.assert_close(body.layer3[1].bn2.running_mean, imagenet.layer3[1].bn2.running_mean)
-    assert type(body.bn1).__name__ == "FrozenBatchNorm2d"  # norm=auto with weights
+    assert isinstance(body.bn1, AutocastFrozenBatchNorm2d)  # norm=auto with weights
     assert not body.layer1[0].conv1.weight.requires_grad  # 3 trainable stages with weights
     res5 = model.roi_heads.box_head.res5
     # ResNet-18's stage 5 takes 256 channels, MSPwA gives 1024: blocks after the first match and are copied

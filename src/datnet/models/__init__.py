@@ -3,6 +3,7 @@
 from datnet.models.aux_heads import DenseAuxHead, DistanceTransformHead, SemanticHead
 from datnet.models.auxiliary import DenseAuxiliaryTasks
 from datnet.models.build import build_datnet, load_model_checkpoint
+from datnet.models.compile import compile_dense_
 from datnet.models.datnet import DATNet, DATNetTransform
 from datnet.models.fold_bn import fold_batchnorm_
 from datnet.models.fusion import FeatureFusion
@@ -20,6 +21,7 @@ __all__ = [
     "MultiScaleAttentionPooler",
     "SemanticHead",
     "build_datnet",
+    "compile_dense_",
     "dense_focal_loss",
     "fold_batchnorm_",
     "load_model_checkpoint",

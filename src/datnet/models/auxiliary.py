@@ -62,13 +62,20 @@ class DenseAuxiliaryTasks(nn.Module):
         self.gamma = gamma
         self.ignore_index = ignore_index
 
+    def batch_targets(self, targets: list[dict[str, Tensor]], size: torch.Size) -> dict[str, Tensor]:
+        """Every enabled head's per-image target maps stacked to ``(B, *size)`` (``size``: the heads' logits,
+        stride 4 of the padded batch), the padding ignored. Done before ``forward``, outside any compiled
+        graph, so that the per-image loop is never traced."""
+        return {key: batch_dense_targets(targets, key, size, self.ignore_index) for key in self.heads}
+
     def forward(
         self,
         features: "OrderedDict[str, Tensor]",
-        targets: list[dict[str, Tensor]] | None = None,
+        targets: dict[str, Tensor] | None = None,
         return_maps: bool = False,
     ) -> tuple["OrderedDict[str, Tensor]", dict[str, Tensor], dict[str, Tensor]]:
-        """Returns the fused pyramid, the losses (training with targets) and, if asked, softmax maps."""
+        """Returns the fused pyramid, the losses (training, with ``targets`` from ``batch_targets``) and, if
+        asked, softmax maps."""
         aux_features = {key: head(features) for key, head in self.heads.items()}
         losses: dict[str, Tensor] = {}
         maps: dict[str, Tensor] = {}
@@ -76,9 +83,8 @@ class DenseAuxiliaryTasks(nn.Module):
             for key, head in self.heads.items():
                 logits = head.predict(aux_features[key])
                 if targets is not None:
-                    dense = batch_dense_targets(targets, key, logits.shape[-2:], self.ignore_index)
                     loss = dense_focal_loss(
-                        logits, dense, self.background_alpha, self.gamma, self.ignore_index
+                        logits, targets[key], self.background_alpha, self.gamma, self.ignore_index
                     )
                     losses[self.LOSS_NAMES[key]] = self.weights[key] * loss
                 if return_maps:

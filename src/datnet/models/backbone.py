@@ -10,10 +10,11 @@ from torch import nn
 from torchvision.models import get_model
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
-from torchvision.ops.misc import FrozenBatchNorm2d
+
+from datnet.models.mixed_precision import AutocastFrozenBatchNorm2d
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
-NORMS = {"bn": nn.BatchNorm2d, "frozen_bn": FrozenBatchNorm2d}
+NORMS = {"bn": nn.BatchNorm2d, "frozen_bn": AutocastFrozenBatchNorm2d}
 
 
 def resolve_norm(norm: str, weights: str | None) -> type[nn.Module]:

@@ -13,6 +13,7 @@ from datnet.models.auxiliary import DenseAuxiliaryTasks
 from datnet.models.backbone import build_resnet_fpn_backbone, load_state_dict_file, resolve_norm
 from datnet.models.datnet import DATNet
 from datnet.models.fusion import FeatureFusion
+from datnet.models.mixed_precision import use_float32_box_geometry_
 from datnet.models.mspwa import MultiScaleAttentionPooler
 from datnet.models.roi_feature_extractors import build_box_head, build_res5
 
@@ -134,6 +135,7 @@ def build_datnet(
         **heads,
         **dict(detector or {}),
     )
+    use_float32_box_geometry_(model)
     if checkpoint:
         load_model_checkpoint(model, checkpoint)
     return model

@@ -1,5 +1,9 @@
 """DATNet: torchvision's Mask R-CNN with dense auxiliary tasks fused before the RPN (Sec. 3, Fig. 2)."""
 
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
@@ -46,7 +50,13 @@ class DATNet(MaskRCNN):
     model is exactly torchvision's ``MaskRCNN``: same modules, same state dict, same outputs.
     ``mask_roi_pool=False`` removes the mask branch (Faster R-CNN, Table 6). Heavy heads (one pooler and one
     res5 for box and mask) are trained with one res5 pass over the sampled ROIs (``shared_res5_losses``).
+
+    The dense part (backbone, auxiliary heads and losses, fusion) is one method, ``dense_features``, which
+    ``datnet.models.compile_dense_`` compiles as one graph into ``_compiled_dense_features``; ``forward`` uses
+    that when it is set. The RPN and ROI heads (data-dependent shapes, NMS) always run eagerly.
     """
+
+    _compiled_dense_features: Callable | None = None
 
     def __init__(
         self,
@@ -73,6 +83,42 @@ class DATNet(MaskRCNN):
             resize_images=resize_images,
         )
 
+    def dense_features(
+        self,
+        tensors: Tensor,
+        targets: dict[str, Tensor] | None = None,
+        return_aux_maps: bool = False,
+    ) -> tuple["OrderedDict[str, Tensor]", dict[str, Tensor], dict[str, Tensor]]:
+        """The dense part of Fig. 2 on a padded image batch ``(B, 3, H, W)``: the pyramid ``P2..P6`` of the
+        backbone (Fig. 2a), the DT and semantic heads with their weighted losses ``w1 * L_DT``,
+        ``w2 * L_seg`` when ``targets`` are given (Sec. 3.1, eqs. 1-3) and their softmax maps if asked, and
+        the fusion of their features into the pyramid (Sec. 3.3, Fig. 2b). Returns the fused pyramid (an
+        ordered dict, finest first), the losses and the maps; without auxiliary heads, the backbone's pyramid
+        and two empty dicts. ``targets`` come from ``batched_aux_targets``."""
+        features = self.backbone(tensors)
+        if self.auxiliary is None:
+            return features, {}, {}
+        return self.auxiliary(features, targets, return_aux_maps)
+
+    def batched_aux_targets(
+        self, targets: list[dict[str, Tensor]] | None, padded_size: torch.Size
+    ) -> dict[str, Tensor] | None:
+        """The auxiliary heads' targets for ``dense_features``: in training, each head's dense maps (``dt``,
+        ``sem``) stacked to ``(B, H/4, W/4)`` of the padded batch ``padded_size`` (H, W), i.e. to the size of
+        the heads' logits, the padding filled with the ignore label (Sec. 3.1); ``None`` in inference or
+        without heads. Built eagerly, so that a compiled dense part sees one tensor per head whatever the
+        number and sizes of the images in the batch."""
+        if not self.training or self.auxiliary is None or targets is None:
+            return None
+        return self.auxiliary.batch_targets(targets, torch.Size(-(-s // AUX_STRIDE) for s in padded_size))
+
+    def __getstate__(self) -> dict:
+        """Pickled and deep-copied without the compiled dense part (as ``nn.Module.compile`` does): it is
+        bound to this instance, so a copy runs eagerly until it is compiled again."""
+        state = super().__getstate__()
+        state.pop("_compiled_dense_features", None)
+        return state
+
     def forward(
         self,
         images: list[Tensor],
@@ -94,12 +140,9 @@ class DATNet(MaskRCNN):
             output_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         output_sizes = [(int(h), int(w)) for h, w in output_sizes]
         image_list, targets = self.transform(images, targets)
-        features = self.backbone(image_list.tensors)
-        aux_losses: dict[str, Tensor] = {}
-        aux_maps: dict[str, Tensor] = {}
-        if self.auxiliary is not None:
-            aux_targets = targets if self.training else None
-            features, aux_losses, aux_maps = self.auxiliary(features, aux_targets, return_aux_maps)
+        dense_features = self._compiled_dense_features or self.dense_features
+        aux_targets = self.batched_aux_targets(targets, image_list.tensors.shape[-2:])
+        features, aux_losses, aux_maps = dense_features(image_list.tensors, aux_targets, return_aux_maps)
         proposals, proposal_losses = self.rpn(image_list, features, targets)
         if self.training and shares_res5(self.roi_heads):
             detector_losses = shared_res5_losses(

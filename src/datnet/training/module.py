@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from datnet.evaluation import CocoEvaluator
+from datnet.models import compile_dense_
 from datnet.training.recipe import Recipe
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]], list]
@@ -34,6 +35,10 @@ class DATNetModule(pl.LightningModule):
         iou_types: COCO metrics to compute (``bbox``, ``segm``).
         evaluate_proposals: also compute RPN proposal recall (Table 5).
         channels_last: use the channels-last memory format (faster convolutions on recent GPUs).
+        compile: compile the model's dense part (backbone, auxiliary heads and losses, fusion) as one graph
+            with dynamic shapes (``datnet.models.compile_dense_``), for training and evaluation alike; the
+            RPN and ROI heads stay eager and the state dict keeps its keys.
+        compile_mode: ``torch.compile``'s ``mode`` (``None``: the default, ``max-autotune``, ...).
         results_dir: where test result files go.
     """
 
@@ -45,6 +50,8 @@ class DATNetModule(pl.LightningModule):
         iou_types: Sequence[str] = ("bbox", "segm"),
         evaluate_proposals: bool = True,
         channels_last: bool = False,
+        compile: bool = False,
+        compile_mode: str | None = None,
         results_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -61,6 +68,8 @@ class DATNetModule(pl.LightningModule):
         self.last_eval_step = -1
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if compile:
+            compile_dense_(self.model, mode=compile_mode)
 
     # --- training -------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
