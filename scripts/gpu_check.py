@@ -24,6 +24,8 @@ reported with the tail of its output and the next part still runs; a part that w
   ratio to Mask R-CNN).
 - ``table7_compile``: the same in bf16 with ``module.compile``'s ``torch.compile`` of the dense part, eager
   and compiled side by side in one run.
+- ``train_compile``: ``train_bf16`` with ``module.compile=true`` (the dense part compiled for training and
+  evaluation): METRICS and losses beside the eager run's.
 
 Without CUDA the parts that need a GPU are skipped and the report says ``"dry_run": true``. ``--smoke`` runs
 every part on the CPU at toy sizes instead (ResNet-18, small images, few steps): it checks the script itself
@@ -331,6 +333,7 @@ def part_commands(ctx: Context) -> dict[str, Any]:
         "train_bf16": [*train_overrides(ctx, run_dir), "trainer.precision=bf16-mixed"],
         "train_fp16": [*train_overrides(ctx, run_dir), "trainer.precision=16-mixed"],
         "ddp_multirun": [*train_overrides(ctx, run_dir), *ctx.settings.ddp_trainer, "seed=1"],
+        "train_compile": [*train_overrides(ctx, run_dir), "module.compile=true"],
     }
     for args in commands.values():
         run_command(ctx, ["src/train.py", *args, "--cfg", "job"], timeout=60)
@@ -379,10 +382,11 @@ def part_model_checks(ctx: Context) -> dict[str, Any]:
     return result
 
 
-def train_part(ctx: Context, precision: str) -> dict[str, Any]:
+def train_part(ctx: Context, precision: str, *extra: str) -> dict[str, Any]:
     run_dir = ctx.work_dir / "run"
     start = time.perf_counter()
-    out = run_command(ctx, ["src/train.py", *train_overrides(ctx, run_dir), f"trainer.precision={precision}"])
+    overrides = [*train_overrides(ctx, run_dir), f"trainer.precision={precision}", *extra]
+    out = run_command(ctx, ["src/train.py", *overrides])
     losses = logged_losses(run_dir)
     metrics = metrics_line(out.stdout)
     return {
@@ -403,6 +407,11 @@ def part_train_bf16(ctx: Context) -> dict[str, Any]:
 
 def part_train_fp16(ctx: Context) -> dict[str, Any]:
     return train_part(ctx, "16-mixed")
+
+
+def part_train_compile(ctx: Context) -> dict[str, Any]:
+    """``module.compile=true``: the dense part compiled (inductor) for training and evaluation, bf16."""
+    return train_part(ctx, "bf16-mixed", "module.compile=true")
 
 
 def part_train_step(ctx: Context) -> dict[str, Any]:
@@ -535,6 +544,7 @@ PARTS = (
     Part("ddp_multirun", part_ddp_multirun, True, 150),
     Part("table7", part_table7, True, 150),
     Part("table7_compile", part_table7_compile, True, 300),
+    Part("train_compile", part_train_compile, True, 300),
 )
 
 
