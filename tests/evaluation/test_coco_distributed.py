@@ -1,4 +1,5 @@
-"""CocoEvaluator under a real 2-process gloo group on CPU: every image counted exactly once."""
+"""CocoEvaluator under a real 2-process gloo group on CPU: every image counted exactly once, on rank 0, and
+the same metrics on every rank as in one process."""
 
 import json
 import time
@@ -10,8 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.multiprocessing import ProcessRaisedException, start_processes
 
-from datnet.evaluation import CocoEvaluator
-from datnet.evaluation.distributed import all_gather_object
+from datnet.evaluation import CocoEvaluator, coco_evaluator
+from datnet.evaluation.distributed import all_gather_object, broadcast_from_rank0, gather_to_rank0
 
 WORLD_SIZE = 2
 TIMEOUT_S = 60
@@ -20,7 +21,8 @@ TIMEOUT_S = 60
 def _evaluate_shard(
     rank: int, init_file: Path, gt: dict, labels: dict, shards: list[list[tuple[int, dict]]], out_dir: Path
 ) -> None:
-    """Process ``rank``: update with its shard, compute (gathering all shards), save metrics and images."""
+    """Process ``rank``: update with its shard, compute (gathering all shards on rank 0), save metrics and
+    the images and records it holds afterwards."""
     torch.set_num_threads(1)  # as DataLoader workers: OpenMP thread pools do not survive fork
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
     try:
@@ -64,28 +66,35 @@ def five_images(hand_gt: dict, imperfect_predictions: Callable) -> tuple[dict, d
 
 
 @pytest.mark.parametrize(
-    "rank_images",
-    [([1, 5, 11], [2, 7]), ([1, 5, 11], [2, 7, 1])],
-    ids=["uneven", "padded-with-identical-repeat"],
+    ("rank_images", "images_per_round"),
+    [(([1, 5, 11], [2, 7]), 256), (([1, 5, 11], [2, 7, 1]), 256), (([1, 5, 11], [2, 7]), 1)],
+    ids=["uneven", "padded-with-identical-repeat", "one-image-per-gather-round"],
 )
 def test_two_processes_match_one(
-    tmp_path: Path, five_images: tuple, label_to_category_id: dict, rank_images: tuple
+    tmp_path: Path,
+    five_images: tuple,
+    label_to_category_id: dict,
+    rank_images: tuple,
+    images_per_round: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Rank 0 ends with every image once, the other rank with none; both report one process's metrics."""
+    monkeypatch.setattr(coco_evaluator, "GATHER_IMAGES_PER_ROUND", images_per_round)  # forked: inherited
     gt, predictions = five_images
     single = CocoEvaluator(gt, label_to_category_id, ("bbox", "segm"), evaluate_proposals=True)
     single.update(list(predictions.values()), list(predictions))
     expected = single.compute()
     shards = [[(image_id, predictions[image_id]) for image_id in images] for images in rank_images]
-    outputs = run_distributed(tmp_path, gt, label_to_category_id, shards)
-    for output in outputs:
-        assert output["image_ids"] == [1, 2, 5, 7, 11]
-        assert output["records"] == len(single.results("bbox"))
-        assert output["metrics"] == expected
-    assert 0 < expected["bbox/AP"] < 1
+    rank0, rank1 = run_distributed(tmp_path, gt, label_to_category_id, shards)
+    assert rank0["image_ids"] == [1, 2, 5, 7, 11] and rank1["image_ids"] == []
+    assert rank0["records"] == len(single.results("bbox")) and rank1["records"] == 0
+    assert rank0["metrics"] == rank1["metrics"] == expected
+    assert 0 < expected["bbox/AP"] < 1 and 0 < expected["rpn/AR@100"] < 1
 
 
 def test_conflicting_repeat_raises(tmp_path: Path, five_images: tuple, label_to_category_id: dict) -> None:
-    """The same image with different predictions on two processes cannot be counted once: error."""
+    """The same image with different predictions on two processes cannot be counted once: an error on
+    every process (rank 0 finds it and tells the others), none left waiting."""
     gt, predictions = five_images
     changed = {**predictions[1], "scores": predictions[1]["scores"] * 0.5}
     shards = [[(1, predictions[1]), (5, predictions[5])], [(1, changed), (2, predictions[2])]]
@@ -93,7 +102,9 @@ def test_conflicting_repeat_raises(tmp_path: Path, five_images: tuple, label_to_
         run_distributed(tmp_path, gt, label_to_category_id, shards)
 
 
-def test_all_gather_object_without_process_group() -> None:
+def test_collectives_without_process_group() -> None:
     assert not dist.is_initialized()
     payload = {"a": torch.ones(2)}
     assert all_gather_object(payload) == [payload]
+    assert broadcast_from_rank0(payload) is payload
+    assert list(gather_to_rank0([1, 2, 3], 2)) == [1, 2, 3]

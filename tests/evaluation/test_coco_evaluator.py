@@ -16,7 +16,7 @@ from faster_coco_eval.core import mask as mask_util
 from pycocotools.coco import COCO as PyCOCO
 from pycocotools.cocoeval import COCOeval as PyCOCOeval
 
-from datnet.evaluation import CocoEvaluator
+from datnet.evaluation import CocoEvaluator, coco_evaluator, proposal_recall
 
 Prediction = dict[str, torch.Tensor]
 DETECTION_NAMES = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
@@ -154,6 +154,50 @@ def test_proposal_recall_counts_proposals_by_rank(
         (0, 1 / 3, 1)
     )
     assert all(metrics[f"rpn/AR{area}@1000"] == 1.0 for area in ("", "_S", "_M", "_L"))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_proposal_recall_summed_over_chunks_equals_one_evaluation(
+    label_to_category_id: dict[int, int],
+    hand_gt: dict,
+    imperfect_predictions: Callable,
+    seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recall counted image by image (COCO's small/medium/large ranges, a crowd region, an image without
+    objects) and summed is recall of all images in one COCOeval."""
+    monkeypatch.setattr(coco_evaluator, "PROPOSAL_RECORDS_PER_CHUNK", 1)
+    evaluator = full_evaluator(hand_gt, label_to_category_id, imperfect_predictions(hand_gt, seed))
+    chunked = {key: value for key, value in evaluator.compute().items() if key.startswith("rpn/")}
+    whole = proposal_recall(evaluator.coco_gt, evaluator.results("rpn"), evaluator.image_ids)
+    assert 0 < chunked["rpn/AR@100"] < 1
+    assert chunked == pytest.approx(whole, abs=1e-12, nan_ok=True)
+
+
+def test_only_the_proposals_recall_needs_are_kept(
+    label_to_category_id: dict[int, int], hand_gt: dict, hand_predictions: dict[int, Prediction]
+) -> None:
+    """AR@100 alone keeps 100 proposals per image; a split without annotations (test-dev) keeps none."""
+    junk = torch.tensor([[0.0, 0.0, 2.0, 2.0]]).repeat(150, 1)
+    for image in hand_predictions.values():
+        image["proposals"] = torch.cat([image["proposals"], junk])
+    evaluator = CocoEvaluator(
+        hand_gt, label_to_category_id, evaluate_proposals=True, proposal_max_dets=(100,)
+    )
+    evaluator.update(list(hand_predictions.values()), list(hand_predictions))
+    assert evaluator.max_proposals == 100 and len(evaluator.results("rpn")) == 100 * len(hand_predictions)
+    assert [key for key in evaluator.compute() if key.startswith("rpn/")] == [
+        "rpn/AR@100",
+        "rpn/AR_S@100",
+        "rpn/AR_M@100",
+        "rpn/AR_L@100",
+    ]
+    test_dev = {"images": hand_gt["images"], "categories": hand_gt["categories"]}
+    evaluator = CocoEvaluator(test_dev, label_to_category_id, ("bbox", "segm"), evaluate_proposals=True)
+    evaluator.update(list(hand_predictions.values()), list(hand_predictions))
+    assert evaluator.max_proposals == 0 and evaluator.results("rpn") == []
+    metrics = evaluator.compute()
+    assert len(metrics) == 20 and all(math.isnan(value) for value in metrics.values())
 
 
 def test_no_predictions_score_zero(

@@ -1,4 +1,4 @@
-"""Conversion of torchvision predictions into COCO result records."""
+"""Compact per-image predictions (``ImageResults``) and the COCO result records made from them."""
 
 import json
 
@@ -7,14 +7,16 @@ import pytest
 import torch
 from faster_coco_eval.core import mask as mask_util
 
-from datnet.evaluation import encode_masks, instances_to_coco_results, proposals_to_coco_results
+from datnet.evaluation import ImageResults, encode_masks
 from datnet.evaluation.coco_results import xyxy_to_xywh
+
+LABELS = {1: 1, 2: 3, 3: 90}
 
 
 def test_xyxy_to_xywh() -> None:
-    boxes = torch.tensor([[10.0, 20.0, 30.5, 60.0], [0.0, 0.0, 1.0, 1.0]])
+    boxes = np.array([[10.0, 20.0, 30.5, 60.0], [0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
     assert xyxy_to_xywh(boxes) == [[10.0, 20.0, 20.5, 40.0], [0.0, 0.0, 1.0, 1.0]]
-    assert xyxy_to_xywh(torch.zeros(0, 4)) == []
+    assert xyxy_to_xywh(np.zeros((0, 4), dtype=np.float32)) == []
 
 
 @pytest.mark.parametrize("with_channel", [True, False])
@@ -29,37 +31,62 @@ def test_encode_masks_binarises_at_half(with_channel: bool) -> None:
     json.dumps(rles)
 
 
-def test_instances_to_coco_results_maps_labels_to_original_ids() -> None:
+@pytest.fixture
+def prediction() -> dict[str, torch.Tensor]:
     masks = torch.zeros(2, 1, 8, 10)
     masks[0, 0, 1:4, 2:6] = 0.9
     masks[1, 0, 5:8, 0:3] = 0.6
-    prediction = {
+    return {
         "boxes": torch.tensor([[2.0, 1.0, 6.0, 4.0], [0.0, 5.0, 3.0, 8.0]]),
         "scores": torch.tensor([0.75, 0.25]),
         "labels": torch.tensor([2, 3]),
         "masks": masks,
+        "proposals": torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 5.0, 3.0], [4.0, 4.0, 6.0, 9.0]]),
     }
-    records = instances_to_coco_results(prediction, 42, {1: 1, 2: 3, 3: 90}, with_masks=True)
-    assert [(r["image_id"], r["category_id"], r["score"]) for r in records] == [(42, 3, 0.75), (42, 90, 0.25)]
-    assert records[0]["bbox"] == [2.0, 1.0, 4.0, 3.0]
-    assert (
-        mask_util.area(
-            {**records[1]["segmentation"], "counts": records[1]["segmentation"]["counts"].encode()}
-        )
-        == 9
-    )
-    without_masks = instances_to_coco_results(prediction, 42, {1: 1, 2: 3, 3: 90}, with_masks=False)
-    assert all("segmentation" not in r for r in without_masks)
 
 
-def test_instances_to_coco_results_rejects_unknown_labels() -> None:
-    prediction = {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([4])}
+def test_records_map_labels_to_original_ids(prediction: dict) -> None:
+    results = ImageResults.from_prediction(prediction, LABELS, with_masks=True, max_proposals=0)
+    assert results.boxes.dtype == results.scores.dtype == np.float32 and results.mask_size == (8, 10)
+    boxes = results.records(42, "bbox")
+    assert [(r["image_id"], r["category_id"], r["score"]) for r in boxes] == [(42, 3, 0.75), (42, 90, 0.25)]
+    assert boxes[0]["bbox"] == [2.0, 1.0, 4.0, 3.0] and set(boxes[0]) == {
+        "image_id",
+        "category_id",
+        "score",
+        "bbox",
+    }
+    masks = results.records(42, "segm")
+    assert all(set(r) == {"image_id", "category_id", "score", "segmentation"} for r in masks)
+    segmentation = masks[1]["segmentation"]
+    assert segmentation["size"] == [8, 10]
+    assert mask_util.area({**segmentation, "counts": segmentation["counts"].encode()}) == 9
+    json.dumps(boxes + masks)
+    without_masks = ImageResults.from_prediction(prediction, LABELS, with_masks=False, max_proposals=0)
+    assert without_masks.mask_counts == [] and without_masks.mask_size == (0, 0)
+
+
+def test_unknown_labels_are_rejected(prediction: dict) -> None:
     with pytest.raises(KeyError, match="label_to_category_id"):
-        instances_to_coco_results(prediction, 1, {1: 1}, with_masks=False)
+        ImageResults.from_prediction(prediction, {1: 1, 2: 3}, with_masks=False, max_proposals=0)
 
 
-def test_proposals_are_scored_by_rank() -> None:
-    proposals = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 5.0, 3.0], [4.0, 4.0, 6.0, 9.0]])
-    records = proposals_to_coco_results(proposals, 7)
+def test_proposals_are_kept_up_to_max_and_scored_by_rank(prediction: dict) -> None:
+    results = ImageResults.from_prediction(prediction, LABELS, with_masks=False, max_proposals=1000)
+    records = results.records(7, "rpn")
     assert [r["score"] for r in records] == [3.0, 2.0, 1.0]
     assert records[1] == {"image_id": 7, "bbox": [1.0, 1.0, 4.0, 2.0], "score": 2.0}
+    cut = ImageResults.from_prediction(prediction, LABELS, with_masks=False, max_proposals=2)
+    assert cut.proposals.shape == (2, 4) and cut.proposals.dtype == np.float32
+    none = ImageResults.from_prediction(prediction, LABELS, with_masks=False, max_proposals=0)
+    assert none.proposals.shape == (0, 4) and none.records(7, "rpn") == []
+
+
+def test_equality_compares_every_array(prediction: dict) -> None:
+    def compact(**changes: torch.Tensor) -> ImageResults:
+        return ImageResults.from_prediction({**prediction, **changes}, LABELS, True, 1000)
+
+    assert compact() == compact()
+    assert compact() != compact(scores=prediction["scores"] * 0.5)
+    assert compact() != compact(proposals=prediction["proposals"][:2])
+    assert compact() != compact(masks=prediction["masks"].flip(-1))

@@ -1,37 +1,37 @@
 """COCO evaluation of Mask R-CNN style predictions, accumulated image by image (DDP-aware).
 
 Modelled on torchvision's detection reference ``CocoEvaluator`` and detectron2's ``COCOEvaluator``: the
-predictions of each image are converted to COCO result records as soon as they arrive (masks become RLE,
-so memory stays small), merged across processes by image id, and scored by faster-coco-eval.
+predictions of each image are reduced to compact arrays as soon as they arrive (masks become RLE,
+proposals are cut to the number the recall metrics need), gathered on rank 0 by image id, scored there by
+faster-coco-eval, and the metrics are broadcast to every process.
 """
 
 import copy
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
 
 from faster_coco_eval import COCO
 from torch import Tensor
 
-from datnet.evaluation.coco_metrics import IouType, detection_metrics, proposal_recall
-from datnet.evaluation.coco_results import instances_to_coco_results, proposals_to_coco_results
-from datnet.evaluation.distributed import all_gather_object
+from datnet.evaluation.coco_metrics import (
+    PROPOSAL_MAX_DETS,
+    IouType,
+    RecallCounts,
+    detection_metrics,
+    proposal_recall_counts,
+)
+from datnet.evaluation.coco_results import ImageResults, ResultKind
+from datnet.evaluation.distributed import broadcast_from_rank0, gather_to_rank0, rank_and_world_size
 
 logger = logging.getLogger(__name__)
 
 IOU_TYPES: tuple[IouType, ...] = ("bbox", "segm")
-
-
-@dataclass
-class ImageResults:
-    """COCO result records of one image: detections (``bbox`` and, for segm, ``segmentation``) and
-    class-agnostic RPN proposals (``bbox`` scored by rank, no ``category_id``)."""
-
-    detections: list[dict]
-    proposals: list[dict]
+# Images per process sent to rank 0 in one gather round (~35 KB each on COCO: ~9 MB pickled per round).
+GATHER_IMAGES_PER_ROUND = 256
+# Proposal records scored by one COCOeval run (~1 KB each once loaded): recall is summed over such chunks.
+PROPOSAL_RECORDS_PER_CHUNK = 200_000
 
 
 def merge_image_results(target: dict[int, ImageResults], image_id: int, results: ImageResults) -> None:
@@ -57,13 +57,17 @@ class CocoEvaluator:
     Args:
         ground_truth: COCO-format dict (``images``, ``annotations``, ``categories``) with the dataset's
             original category ids. Objects to ignore (e.g. VOC ``difficult``) carry ``iscrowd=1``.
-            ``annotations`` may be missing or empty (test-dev): results can then still be written.
+            ``annotations`` may be missing or empty (test-dev): results can then still be written, and
+            proposals are not kept (their recall is ``nan``).
         label_to_category_id: the model's contiguous labels (1..C) -> original category ids.
         iou_types: any of ``"bbox"`` and ``"segm"``; ``"segm"`` needs ``masks`` in the predictions.
         evaluate_proposals: also compute class-agnostic recall of the ``proposals`` in the predictions.
+        proposal_max_dets: the numbers of proposals per image recall is computed at; only the first
+            ``max(proposal_max_dets)`` proposals of an image are kept.
 
     Metrics are computed on the images passed to :meth:`update` (on any process), so a partial pass over a
-    dataset is scored on the images it saw.
+    dataset is scored on the images it saw. Under torch.distributed, :meth:`compute` gathers every image on
+    rank 0, scores them there and hands the metrics to every process.
     """
 
     def __init__(
@@ -72,12 +76,14 @@ class CocoEvaluator:
         label_to_category_id: Mapping[int, int],
         iou_types: Sequence[IouType] = ("bbox",),
         evaluate_proposals: bool = False,
+        proposal_max_dets: Sequence[int] = PROPOSAL_MAX_DETS,
     ) -> None:
         unknown = set(iou_types) - set(IOU_TYPES)
         if unknown:
             raise ValueError(f"unsupported iou_types {sorted(unknown)}; expected a subset of {IOU_TYPES}")
         self.iou_types = tuple(iou_types)
         self.evaluate_proposals = evaluate_proposals
+        self.proposal_max_dets = tuple(sorted(proposal_max_dets))
         self.label_to_category_id = {int(label): int(cat) for label, cat in label_to_category_id.items()}
         # Copied: faster-coco-eval annotates the ground-truth records in place.
         dataset = copy.deepcopy(dict(ground_truth))
@@ -90,13 +96,22 @@ class CocoEvaluator:
             )
         self._image_results: dict[int, ImageResults] = {}
 
+    @property
+    def max_proposals(self) -> int:
+        """Proposals kept per image: the most recall is computed at, 0 when proposals are not evaluated
+        or the ground truth has no objects to recall (test-dev)."""
+        if not (self.evaluate_proposals and self.coco_gt.anns):
+            return 0
+        return self.proposal_max_dets[-1]
+
     def reset(self) -> None:
         """Forget all accumulated predictions."""
         self._image_results = {}
 
     @property
     def image_ids(self) -> list[int]:
-        """Sorted ids of the images accumulated so far (on this process, or all after synchronize)."""
+        """Sorted ids of the images accumulated so far (on this process; on rank 0 after :meth:`compute`,
+        those of all processes)."""
         return sorted(self._image_results)
 
     def update(self, predictions: Sequence[Mapping[str, Tensor]], image_ids: Iterable[int | Tensor]) -> None:
@@ -106,7 +121,7 @@ class CocoEvaluator:
             predictions: one torchvision Mask R-CNN output dict per image, in original image coordinates:
                 ``boxes`` (Nx4 xyxy), ``scores`` (N), ``labels`` (N, contiguous), ``masks`` (Nx1xHxW
                 probabilities; needed for segm) and ``proposals`` (Mx4 xyxy RPN boxes ordered by
-                objectness; needed when ``evaluate_proposals``).
+                objectness; needed when :attr:`max_proposals` > 0).
             image_ids: the COCO image id of each prediction.
         """
         image_ids = [int(image_id) for image_id in image_ids]
@@ -115,74 +130,109 @@ class CocoEvaluator:
         for prediction, image_id in zip(predictions, image_ids, strict=True):
             if image_id not in self.coco_gt.imgs:
                 raise KeyError(f"image id {image_id} is not an image of the ground truth")
-            detections = instances_to_coco_results(
-                prediction, image_id, self.label_to_category_id, with_masks="segm" in self.iou_types
-            )
-            proposals = (
-                proposals_to_coco_results(prediction["proposals"], image_id)
-                if self.evaluate_proposals
-                else []
-            )
-            merge_image_results(self._image_results, image_id, ImageResults(detections, proposals))
+            try:
+                results = ImageResults.from_prediction(
+                    prediction, self.label_to_category_id, "segm" in self.iou_types, self.max_proposals
+                )
+            except KeyError as error:
+                raise KeyError(f"image {image_id}: {error.args[0]}") from None
+            merge_image_results(self._image_results, image_id, results)
 
-    def synchronize(self) -> None:
-        """Merge the predictions of all processes so that every process holds every image once (no-op
-        without torch.distributed). Collective: all processes must call it."""
-        gathered = all_gather_object(self._image_results)
-        if len(gathered) == 1:
-            return
-        merged: dict[int, ImageResults] = {}
-        for part in gathered:
-            for image_id, results in part.items():
-                merge_image_results(merged, image_id, results)
-        self._image_results = merged
+    def _gather_to_rank0(self) -> ValueError | None:
+        """Move the images of every process into rank 0's (collective; no-op with one process). Return,
+        on rank 0, the first image found twice with different predictions (raised once the gather is over,
+        so that no process is left waiting)."""
+        rank, world_size = rank_and_world_size()
+        if world_size == 1:
+            return None
+        conflict = None
+        outgoing = [] if rank == 0 else list(self._image_results.items())
+        if rank != 0:
+            self._image_results = {}
+        for image_id, results in gather_to_rank0(outgoing, GATHER_IMAGES_PER_ROUND):
+            try:
+                merge_image_results(self._image_results, image_id, results)
+            except ValueError as error:
+                conflict = conflict or error
+        return conflict
 
-    def results(self, kind: Literal["bbox", "segm", "rpn"]) -> list[dict]:
-        """Fresh COCO result records of the accumulated images, by image id: ``"bbox"`` boxes,
-        ``"segm"`` RLE masks (without ``bbox``, so COCO computes mask areas) or ``"rpn"`` proposals.
-        Under DDP, call :meth:`synchronize` first to get every process's images."""
+    def _records(self, kind: ResultKind) -> Iterator[dict]:
+        """Fresh COCO result records of the accumulated images, by image id (see :meth:`results`)."""
         if kind in IOU_TYPES and kind not in self.iou_types:
             raise ValueError(f"{kind!r} results were not accumulated (iou_types={self.iou_types})")
         if kind == "rpn" and not self.evaluate_proposals:
             raise ValueError("proposals were not accumulated (evaluate_proposals=False)")
-        records = []
         for image_id in self.image_ids:
-            image_results = self._image_results[image_id]
-            if kind == "rpn":
-                records += [
-                    {**proposal, "bbox": list(proposal["bbox"])} for proposal in image_results.proposals
-                ]
-                continue
-            for detection in image_results.detections:
-                record = {key: detection[key] for key in ("image_id", "category_id", "score")}
-                if kind == "bbox":
-                    record["bbox"] = list(detection["bbox"])
-                else:
-                    record["segmentation"] = dict(detection["segmentation"])
-                records.append(record)
-        return records
+            yield from self._image_results[image_id].records(image_id, kind)
+
+    def results(self, kind: ResultKind) -> list[dict]:
+        """Fresh COCO result records of the accumulated images, by image id: ``"bbox"`` boxes,
+        ``"segm"`` RLE masks (without ``bbox``, so COCO computes mask areas) or ``"rpn"`` proposals.
+        Under torch.distributed, every image is on rank 0 after :meth:`compute`."""
+        return list(self._records(kind))
 
     def write_results(self, output_dir: str | Path) -> dict[str, Path]:
         """Write ``{iou_type}_results.json`` (COCO results format, original category ids) for each iou
-        type into ``output_dir``, e.g. for a test-dev submission; return the paths by iou type. Needs no
-        ground-truth annotations. Under DDP, call :meth:`synchronize` first and write on one process."""
+        type into ``output_dir``, e.g. for a test-dev submission, record by record; return the paths by iou
+        type. Needs no ground-truth annotations. Under torch.distributed, call :meth:`compute` first and
+        write on rank 0."""
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         paths = {}
         for iou_type in self.iou_types:
             paths[iou_type] = output_dir / f"{iou_type}_results.json"
-            paths[iou_type].write_text(json.dumps(self.results(iou_type)))
+            with paths[iou_type].open("w") as file:
+                file.write("[")
+                for index, record in enumerate(self._records(iou_type)):
+                    file.write((", " if index else "") + json.dumps(record))
+                file.write("]")
         return paths
 
-    def compute(self) -> dict[str, float]:
-        """Synchronize across processes (collective), then return the metrics of all accumulated images:
-        ``{iou_type}/AP``, ``/AP50``, ``/AP75``, ``/AP_S``, ``/AP_M``, ``/AP_L`` per iou type and, with
-        proposals, ``rpn/AR@100``, ``rpn/AR_S@100``, ... ``rpn/AR_L@1000``. Values are fractions; a metric
-        without ground truth to measure it is ``nan``; no predictions at all give 0 where GT exists."""
-        self.synchronize()
+    def _proposal_recall(self) -> dict[str, float]:
+        """Proposal recall of the accumulated images, summed over chunks of images of at most
+        PROPOSAL_RECORDS_PER_CHUNK proposals (so that COCOeval never holds all of them at once)."""
+        if not self.max_proposals:
+            return RecallCounts.zeros(self.proposal_max_dets).metrics()
+        image_ids = self.image_ids
+        step = max(1, PROPOSAL_RECORDS_PER_CHUNK // self.max_proposals)
+        counts = RecallCounts.zeros(self.proposal_max_dets)
+        for begin in range(0, len(image_ids), step):
+            chunk = image_ids[begin : begin + step]
+            records = [
+                record
+                for image_id in chunk
+                for record in self._image_results[image_id].records(image_id, "rpn")
+            ]
+            counts += proposal_recall_counts(self.coco_gt, records, chunk, self.proposal_max_dets)
+        return counts.metrics()
+
+    def _metrics(self) -> dict[str, float]:
+        """The metrics of the images accumulated on this process (see :meth:`compute`)."""
         metrics = {}
         for iou_type in self.iou_types:
             metrics.update(detection_metrics(self.coco_gt, self.results(iou_type), iou_type, self.image_ids))
         if self.evaluate_proposals:
-            metrics.update(proposal_recall(self.coco_gt, self.results("rpn"), self.image_ids))
+            metrics.update(self._proposal_recall())
+        return metrics
+
+    def compute(self) -> dict[str, float]:
+        """Gather every process's images on rank 0 (collective), score them there and return the metrics
+        on every process: ``{iou_type}/AP``, ``/AP50``, ``/AP75``, ``/AP_S``, ``/AP_M``, ``/AP_L`` per iou
+        type and, with proposals, ``rpn/AR@100``, ``rpn/AR_S@100``, ... ``rpn/AR_L@1000``. Values are
+        fractions; a metric without ground truth to measure it is ``nan``; no predictions at all give 0
+        where GT exists. Afterwards rank 0 holds every image and the other processes none. An error on
+        rank 0 (e.g. an image evaluated twice with different predictions) is raised on every process."""
+        conflict = self._gather_to_rank0()
+        outcome = None
+        if rank_and_world_size()[0] == 0:
+            try:
+                if conflict is not None:
+                    raise conflict
+                outcome = (self._metrics(), None)
+            except Exception as error:
+                broadcast_from_rank0((None, f"{type(error).__name__}: {error}"))
+                raise
+        metrics, error = broadcast_from_rank0(outcome)
+        if error is not None:
+            raise RuntimeError(f"COCO evaluation failed on rank 0: {error}")
         return metrics

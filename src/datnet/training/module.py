@@ -138,13 +138,14 @@ class DATNetModule(pl.LightningModule):
         if not images:
             return
         sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
-        outputs = self.model(images, return_proposals=self.evaluate_proposals, output_sizes=sizes)
+        # no proposals where the evaluator keeps none (recall not evaluated, or a split without annotations)
+        outputs = self.model(images, return_proposals=self.evaluator.max_proposals > 0, output_sizes=sizes)
         self.evaluator.update(outputs, [t["image_id"] for t in targets])
 
     def _finish_evaluation(self, prefix: str) -> dict[str, float]:
         metrics = self.evaluator.compute()
         self.last_metrics, self.last_eval_step = metrics, self.global_step
-        # identical on every rank after the evaluator's all-gather: no further reduction
+        # computed on rank 0 and broadcast by the evaluator: identical on every rank, no further reduction
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()})
         skipped = sum(self.skipped.values())
         if skipped:
@@ -169,5 +170,5 @@ class DATNetModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._finish_evaluation("test")
-        if self.results_dir and self.trainer.is_global_zero:
+        if self.results_dir and self.trainer.is_global_zero:  # after compute, rank 0 holds every image
             self.evaluator.write_results(Path(self.results_dir))
