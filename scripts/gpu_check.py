@@ -8,10 +8,11 @@ reported with the tail of its output and the next part still runs; a part that w
 ``MIN_PART_SECONDS`` of the ``--deadline`` left is skipped):
 
 - ``environment``: Python, torch, torchvision, Lightning and the project's dependencies, CUDA, cuDNN, GPU.
-- ``commands``: every ``src/train.py`` command line below composes (``--cfg job``); needs no GPU.
+- ``commands``: in a dry run only, every ``src/train.py`` command line below composes (``--cfg job``).
 - ``model_checks``: an all-negative batch (no instance in any image) trains under bf16 autocast (finite
   losses, gradients), and under bf16 autocast the proposals and boxes of an 800x1216 image are float32 and
-  not snapped to multiples of 8 past x=1024.
+  its P2 anchors are exact (distinct centres past x=1024, error against float32; torchvision's stock
+  generator beside, whose bf16 anchors snap to multiples of 8 there).
 - ``train_bf16`` / ``train_fp16``: ``src/train.py experiment=demo trainer=gpu`` for 30 steps in
   ``bf16-mixed`` / ``16-mixed``, then evaluation: METRICS, the first and last logged losses, finiteness.
 - ``train_step``: one training step of Light vs Mask R-CNN (ResNet-50 from ImageNet-shaped random weights,
@@ -48,7 +49,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,21 +147,25 @@ class Context:
     settings: Settings
     work_dir: Path
     python: str = sys.executable
-    log: list[str] = field(default_factory=list)
 
 
 # --- helpers shared by the parts ---
 def run_command(ctx: Context, args: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Runs ``python args...`` from the repository root (W&B off), appending its output to the part's log."""
+    """Runs ``python args...`` from the repository root (W&B off). Its output streams into a ``*.log`` file
+    of the part's directory as it comes (so that a part killed at its time limit still shows how far it
+    got) and is returned as ``stdout``."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    out = subprocess.run(
-        [ctx.python, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    ctx.log.append(f"$ {' '.join(args)}\n{out.stdout}{out.stderr}")
-    if out.returncode != 0:
-        tail = (out.stdout + out.stderr)[-TAIL_CHARS:]
-        raise RuntimeError(f"exit {out.returncode}: {' '.join(args)}\n{tail}")
-    return out
+    log = ctx.work_dir / f"command{len(list(ctx.work_dir.glob('command*.log')))}.log"
+    with log.open("w") as file:
+        file.write(f"$ {' '.join(args)}\n")
+        file.flush()
+        returncode = subprocess.run(
+            [ctx.python, *args], cwd=REPO, env=env, stdout=file, stderr=subprocess.STDOUT, timeout=timeout
+        ).returncode
+    output = log.read_text()
+    if returncode != 0:
+        raise RuntimeError(f"exit {returncode}: {' '.join(args)}\n{output[-TAIL_CHARS:]}")
+    return subprocess.CompletedProcess(args, returncode, output, "")
 
 
 def metrics_line(stdout: str) -> dict[str, Any]:
@@ -368,18 +373,44 @@ def part_model_checks(ctx: Context) -> dict[str, Any]:
     image = torch.rand(3, ctx.settings.min_size, width, device=device)
     with torch.inference_mode(), autocast(device):
         output = model([image], return_proposals=True)[0]
-    proposals = output["proposals"]
-    far = proposals[proposals[:, 2] > 1024, 2] if width > 1024 else proposals[:, 2]
     result["bf16_boxes"] = {
         "image": [ctx.settings.min_size, width],
-        "proposals_dtype": str(proposals.dtype),
+        "proposals_dtype": str(output["proposals"].dtype),
         "boxes_dtype": str(output["boxes"].dtype),
-        "proposals_past_1024": int(far.numel()),
-        "fraction_multiple_of_8_past_1024": round(float((far.float() % 8 == 0).float().mean()), 4)
-        if far.numel()
-        else None,
+        "p2_anchors": p2_anchor_report(model, image, device),
     }
     return result
+
+
+def p2_anchor_report(model: torch.nn.Module, image: torch.Tensor, device: str) -> dict[str, dict[str, Any]]:
+    """The P2 anchors of ``image`` under bf16 autocast from the model's generator and from torchvision's
+    stock ``AnchorGenerator``: dtype, distinct anchor centres past x=1024 (of the right half of the image when
+    it is narrower) and the largest error against float32 anchors, in pixels."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    generator = model.rpn.anchor_generator
+    stock = AnchorGenerator(generator.sizes, generator.aspect_ratios)
+    images = ImageList(image[None], [tuple(image.shape[-2:])])
+    with torch.inference_mode():
+        features = list(model.backbone(images.tensors).values())
+        reference = stock(images, features)[0]
+        with autocast(device):
+            low = list(model.backbone(images.tensors).values())
+            anchors = {"model": generator(images, low)[0], "torchvision": stock(images, low)[0]}
+    per_level = len(generator.aspect_ratios[0]) * len(generator.sizes[0])
+    p2 = features[0].shape[-2] * features[0].shape[-1] * per_level
+    edge = min(1024, image.shape[-1] // 2)
+    report = {}
+    for name, boxes in anchors.items():
+        centres = (boxes[:p2, 0].float() + boxes[:p2, 2].float()) / 2
+        report[name] = {
+            "dtype": str(boxes.dtype),
+            "distinct_centres_past_edge": int(centres[centres > edge].unique().numel()),
+            "max_error_px": round(float((boxes.float() - reference).abs().max()), 3),
+        }
+    report["edge_x"] = edge
+    return report
 
 
 def train_part(ctx: Context, precision: str, *extra: str) -> dict[str, Any]:
@@ -527,24 +558,27 @@ def part_table7_compile(ctx: Context) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Part:
+    """One part of the check: ``where`` it runs (``any``: always; ``gpu``: with CUDA or ``--smoke``;
+    ``dry``: only in a dry run, where it stands in for the GPU parts) and its time limit in seconds."""
+
     name: str
     run: Callable[[Context], dict[str, Any]]
-    needs_gpu: bool
+    where: str
     timeout: float
 
 
 PARTS = (
-    Part("environment", part_environment, False, 60),
-    Part("commands", part_commands, False, 90),
-    Part("model_checks", part_model_checks, True, 90),
-    Part("train_bf16", part_train_bf16, True, 150),
-    Part("train_fp16", part_train_fp16, True, 120),
-    Part("train_step", part_train_step, True, 120),
-    Part("channels_last", part_channels_last, True, 90),
-    Part("ddp_multirun", part_ddp_multirun, True, 150),
-    Part("table7", part_table7, True, 150),
-    Part("table7_compile", part_table7_compile, True, 300),
-    Part("train_compile", part_train_compile, True, 300),
+    Part("environment", part_environment, "any", 60),
+    Part("commands", part_commands, "dry", 90),
+    Part("model_checks", part_model_checks, "gpu", 90),
+    Part("train_bf16", part_train_bf16, "gpu", 150),
+    Part("train_fp16", part_train_fp16, "gpu", 120),
+    Part("train_step", part_train_step, "gpu", 120),
+    Part("channels_last", part_channels_last, "gpu", 90),
+    Part("ddp_multirun", part_ddp_multirun, "gpu", 150),
+    Part("table7", part_table7, "gpu", 150),
+    Part("table7_compile", part_table7_compile, "gpu", 200),
+    Part("train_compile", part_train_compile, "gpu", 240),
 )
 
 
@@ -561,14 +595,13 @@ def run_part_here(name: str, settings: Settings, work_dir: Path) -> None:
             "error": f"{type(error).__name__}: {error}"[-TAIL_CHARS:],
             "traceback": traceback.format_exc()[-TAIL_CHARS:],
         }
-    finally:
-        print("\n".join(ctx.log), flush=True)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
 def run_part_child(part: Part, smoke: bool, work_dir: Path, timeout: float) -> tuple[dict[str, Any], str]:
     """Runs ``part`` in a new process group (so that its children, loader workers and DDP ranks included,
-    are killed with it at the time limit); returns its report entry and its whole output."""
+    are killed with it at the time limit); returns its report entry and its whole output, the logs of the
+    commands it ran included."""
     script = str(Path(__file__).resolve())
     command = [sys.executable, script, "--run-part", part.name, "--work-dir", str(work_dir)]
     if smoke:
@@ -579,19 +612,23 @@ def run_part_child(part: Part, smoke: bool, work_dir: Path, timeout: float) -> t
     )
     try:
         output, _ = child.communicate(timeout=timeout)
+        timed_out = False
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
+        timed_out = True
+    with contextlib.suppress(ProcessLookupError):  # at the limit, or anything it left behind
+        os.killpg(child.pid, signal.SIGKILL)
+    if timed_out:
         output, _ = child.communicate()
+    results = [line for line in output.splitlines() if line.startswith(RESULT_PREFIX)]
+    if timed_out:
         entry = {"status": "timeout", "error": f"killed after {timeout:.0f} s"}
+    elif results:
+        entry = json.loads(results[-1][len(RESULT_PREFIX) :])
     else:
-        with contextlib.suppress(ProcessLookupError):  # anything it left behind
-            os.killpg(child.pid, signal.SIGKILL)
-        results = [line for line in output.splitlines() if line.startswith(RESULT_PREFIX)]
-        if results:
-            entry = json.loads(results[-1][len(RESULT_PREFIX) :])
-        else:
-            entry = {"status": "failed", "error": f"exit {child.returncode} without a result"}
+        entry = {"status": "failed", "error": f"exit {child.returncode} without a result"}
+    output += "".join(
+        f"\n----- {log.name}\n{log.read_text()}" for log in sorted(work_dir.glob("command*.log"))
+    )
     entry["seconds"] = round(time.perf_counter() - start, 1)
     if entry["status"] != "ok":
         entry["output_tail"] = output[-TAIL_CHARS:]
@@ -615,8 +652,10 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
         if args.parts and part.name not in args.parts:
             continue
         left = args.deadline - (time.perf_counter() - start)
-        if part.needs_gpu and dry_run:
+        if part.where == "gpu" and dry_run:
             report["parts"][part.name] = {"status": "skipped", "error": "no CUDA device (dry run)"}
+            continue
+        if part.where == "dry" and not dry_run:
             continue
         if left < MIN_PART_SECONDS:
             report["parts"][part.name] = {"status": "skipped", "error": f"deadline: {left:.0f} s left"}

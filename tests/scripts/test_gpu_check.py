@@ -42,7 +42,7 @@ def test_dry_run_reports_environment_and_skips_gpu_parts(tmp_path):
 def test_a_failing_part_is_reported_and_the_next_part_runs(gpu_check, tmp_path, monkeypatch):
     """A part whose process ends without a result (here: a name the child does not know) is ``failed`` with
     its output tail; the check goes on with the next part and exits non-zero."""
-    broken = gpu_check.Part("no_such_part", gpu_check.part_environment, False, 60)
+    broken = gpu_check.Part("no_such_part", gpu_check.part_environment, "any", 60)
     environment = next(p for p in gpu_check.PARTS if p.name == "environment")
     monkeypatch.setattr(gpu_check, "PARTS", (broken, environment))
     args = gpu_check.parse_args(["--work-dir", str(tmp_path)])
@@ -63,10 +63,10 @@ def test_a_slow_part_is_killed_with_its_process_group(gpu_check, tmp_path):
 
 
 def test_deadline_skips_the_parts_that_no_longer_fit(gpu_check, tmp_path):
-    args = gpu_check.parse_args(["--work-dir", str(tmp_path), "--parts", "commands", "--deadline", "5"])
+    args = gpu_check.parse_args(["--work-dir", str(tmp_path), "--parts", "environment", "--deadline", "5"])
     report = gpu_check.run_check(args)
-    assert report["parts"]["commands"]["status"] == "skipped"
-    assert report["parts"]["commands"]["error"].startswith("deadline")
+    assert report["parts"]["environment"]["status"] == "skipped"
+    assert report["parts"]["environment"]["error"].startswith("deadline")
 
 
 def test_model_checks_on_cpu_at_toy_size(gpu_check, tmp_path):
@@ -90,3 +90,7 @@ def test_model_checks_on_cpu_at_toy_size(gpu_check, tmp_path):
     assert negative["losses"]["loss_dt"] > 0 and negative["losses"]["loss_seg"] > 0
     boxes = result["bf16_boxes"]
     assert boxes["proposals_dtype"] == boxes["boxes_dtype"] == "torch.float32"
+    anchors = boxes["p2_anchors"]
+    assert anchors["model"]["dtype"] == "torch.float32" and anchors["model"]["max_error_px"] == 0
+    assert anchors["torchvision"]["dtype"] == "torch.bfloat16"  # the fault the model's generator avoids
+    assert anchors["model"]["distinct_centres_past_edge"] > 0
