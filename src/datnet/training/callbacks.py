@@ -1,9 +1,15 @@
 """Callbacks of the training harness."""
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
 
 from datnet.visualization import (
     class_colors,
@@ -15,35 +21,102 @@ from datnet.visualization import (
 )
 
 
-class PredictionImageLogger(Callback):
-    """Every ``every_n_batches`` validation batches, logs for up to ``max_images`` of its images a panel:
-    the prediction (masks and labelled boxes scoring ``>= score_threshold``), then the predicted DT map beside
-    its target and the predicted semantic map beside its target (stride 4, ignored pixels white). To W&B
-    (``log_image``) or TensorBoard; with other loggers it does nothing."""
+class LastAndBestCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` optimizer steps and at the end of training (for resuming,
+    whatever the monitor), and the best ``save_top_k`` by ``monitor``, saved only when a validation during
+    fit ends: named (``filename``, e.g. ``best-step{step}-ap{val/bbox/AP:.4f}``) and scored with the value
+    that this very validation logged. Takes ``ModelCheckpoint``'s arguments; ``monitor=None`` or
+    ``save_top_k=0``: only ``last.ckpt``.
 
-    def __init__(self, every_n_batches: int = 50, max_images: int = 2, score_threshold: float = 0.5) -> None:
+    Lightning's ``ModelCheckpoint(every_n_train_steps=N, monitor=...)`` instead saves its top-k in
+    ``on_train_batch_end`` every N steps with the monitor's last logged value, i.e. a previous validation's
+    (it defers to the validation only before the monitor was ever logged, or at an epoch's last batch); with
+    step-based validation nearly every such save carries the wrong score.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.save_last == "link":  # would link to the newest file, which may be an older best
+            raise ValueError("LastAndBestCheckpoint saves last.ckpt itself: save_last must be a bool")
+        self._last_step_saved_as_last = 0  # like Lightning: nothing to save before the first step
+
+    @staticmethod
+    def _saving(trainer: Trainer) -> bool:
+        """Whether this is a real fit (not fast_dev_run, a sanity check, or a validate/test call)."""
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        return fitting and not trainer.fast_dev_run and not trainer.sanity_checking
+
+    def _save_last(self, trainer: Trainer) -> None:
+        if self.save_last and self._saving(trainer) and self._last_step_saved_as_last != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_step_saved_as_last = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """``last.ckpt`` every ``every_n_train_steps`` steps (before a validation due at the same step)."""
+        if self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0:
+            self._save_last(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Nothing: saves follow steps and validations, not epochs."""
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The top-k save, with the monitor just logged by this validation (called after its
+        ``on_validation_epoch_end``); identical on every rank when the metric is (as ``val/bbox/AP`` is)."""
+        if self.monitor is not None and self.save_top_k != 0 and self._saving(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """``last.ckpt`` of the final step too, when it is not a multiple of ``every_n_train_steps``."""
+        self._save_last(trainer)
+
+
+class PredictionImageLogger(Callback):
+    """Every ``every_n_batches`` validation batches, until ``max_images`` images were drawn in this
+    validation, logs for the batch's images a panel: the prediction (masks and labelled boxes scoring
+    ``>= score_threshold``), then the predicted DT map beside its target and the predicted semantic map
+    beside its target (stride 4, ignored pixels white), each at most ``max_size`` pixels on its longer side.
+    To W&B (``log_image``) or TensorBoard; with other loggers it does nothing.
+
+    Only rank 0 draws, and no collective runs during validation batches (the evaluator gathers at the end),
+    so the other ranks wait only for rank 0's total drawing time, once, at that gather: the cap per
+    validation and the downsampling (drawing is on the CPU, masks are pasted at full size) keep it short.
+    """
+
+    def __init__(
+        self,
+        every_n_batches: int = 50,
+        max_images: int = 4,
+        score_threshold: float = 0.5,
+        max_size: int = 512,
+    ) -> None:
         self.every_n_batches = every_n_batches
         self.max_images = max_images
         self.score_threshold = score_threshold
+        self.max_size = max_size
+        self.drawn = 0
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.drawn = 0
 
     @rank_zero_only
     def on_validation_batch_end(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs,
-        batch,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, (WandbLogger, TensorBoardLogger))]
         images, targets, _ = batch
-        if not loggers or not images or batch_idx % self.every_n_batches:
+        todo = list(zip(images, targets))[: self.max_images - self.drawn]
+        if not loggers or not todo or batch_idx % self.every_n_batches:
             return
-        panels = [
-            self.panel(pl_module, trainer, image, target)
-            for image, target in list(zip(images, targets))[: self.max_images]
-        ]
+        panels = [self.panel(pl_module, trainer, image, target) for image, target in todo]
+        self.drawn += len(panels)
         for logger in loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(
@@ -55,20 +128,25 @@ class PredictionImageLogger(Callback):
                         f"val/predictions/{batch_idx}_{i}", panel, trainer.global_step
                     )
 
-    def panel(self, pl_module: LightningModule, trainer: Trainer, image, target) -> torch.Tensor:
-        """One uint8 image: prediction | DT prediction | DT target | semantic prediction | semantic target."""
+    def panel(self, pl_module: LightningModule, trainer: Trainer, image: Tensor, target: dict) -> Tensor:
+        """One uint8 image: prediction | DT prediction | DT target | semantic prediction | semantic target.
+        Only the detections drawn leave the device, already downsampled."""
         names = trainer.datamodule.class_names
         colors = class_colors(len(names))
         with torch.no_grad():
             detection = pl_module.model([image], return_aux_maps=True)[0]
+        scale = min(1.0, self.max_size / max(image.shape[-2:]))
+        size = tuple(round(side * scale) for side in image.shape[-2:])
+        keep = detection["scores"] >= self.score_threshold
+        drawn = {k: detection[k][keep].cpu() for k in ("boxes", "scores", "labels")}
+        drawn["boxes"] *= scale
+        if "masks" in detection:
+            drawn["masks"] = F.interpolate(detection["masks"][keep], size=size, mode="bilinear").cpu()
+        pixels = image[None].float() / (1.0 if image.is_floating_point() else 255.0)  # [0, 1] or uint8
+        small = F.interpolate(pixels, size=size, mode="bilinear", antialias=True)[0]
         picture = draw_detections(
-            (image * 255).round().to(torch.uint8).cpu(),
-            {k: v.cpu() for k, v in detection.items()},
-            names,
-            colors,
-            self.score_threshold,
+            (small * 255).round().clamp(0, 255).to(torch.uint8).cpu(), drawn, names, colors, 0.0
         )
-        size = tuple(picture.shape[-2:])
         maps = []
         if "dt" in detection:
             maps += [
@@ -80,5 +158,4 @@ class PredictionImageLogger(Callback):
                 semantic_image(detection["sem"].cpu(), colors),
                 dense_target_image(target["sem"].cpu(), colors),
             ]
-        resized = [resize_panel(m, size) for m in maps]
-        return torch.cat([picture, *resized], dim=-1)
+        return torch.cat([picture, *(resize_panel(m, size) for m in maps)], dim=-1)

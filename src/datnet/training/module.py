@@ -16,6 +16,7 @@ from datnet.models import compile_dense_
 from datnet.training.recipe import Recipe
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]], list]
+NO_STEP = 2**62  # "no non-finite loss" in the device-side record of the first step with one
 
 
 class DATNetModule(pl.LightningModule):
@@ -40,6 +41,8 @@ class DATNetModule(pl.LightningModule):
             RPN and ROI heads stay eager and the state dict keeps its keys.
         compile_mode: ``torch.compile``'s ``mode`` (``None``: the default, ``max-autotune``, ...).
         results_dir: where test result files go.
+        finite_check_every: how often (in optimizer steps) the ranks check together for a non-finite loss
+            (:meth:`check_finite_losses`); also at the last step, before every checkpoint and validation.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class DATNetModule(pl.LightningModule):
         compile: bool = False,
         compile_mode: str | None = None,
         results_dir: str | None = None,
+        finite_check_every: int = 50,
     ) -> None:
         super().__init__()
         self.model = model
@@ -66,6 +70,11 @@ class DATNetModule(pl.LightningModule):
         self.evaluator: CocoEvaluator | None = None
         self.last_metrics: dict[str, float] = {}
         self.last_eval_step = -1
+        if finite_check_every < 1:
+            raise ValueError(f"finite_check_every must be >= 1, got {finite_check_every}")
+        self.finite_check_every = finite_check_every
+        self._unchecked_steps: tuple[int, int] | None = None  # first and last step since the last check
+        self._first_nonfinite_step: Tensor | None = None  # on the device: NO_STEP, or that step
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         if compile:
@@ -75,18 +84,56 @@ class DATNetModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         images, targets, skipped = batch
         self._count_skipped(skipped)
-        if not images:
-            return None
-        losses = self.model(images, targets)
-        loss = sum(losses.values())
-        batch_size = len(images)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=batch_size)
-        # decided by all ranks together, so that under DDP they stop as one instead of waiting on each other
-        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
-            raise FloatingPointError(f"non-finite loss at step {self.global_step}: {losses}")
+        loss = None
+        if images:
+            losses = self.model(images, targets)
+            loss = sum(losses.values())
+            batch_size = len(images)
+            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
+            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+            self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=batch_size)
+        self._record_finite(loss)
         return loss
+
+    def _record_finite(self, loss: Tensor | None) -> None:
+        """Notes on the device, without waiting for it, whether this step's loss is finite; every
+        ``finite_check_every`` steps and at the last step, checks with the other ranks. Every rank runs
+        this at every step (also without a loss: an empty batch), so all ranks agree on when to check."""
+        step = self.global_step
+        self._unchecked_steps = (self._unchecked_steps or (step, step))[0], step
+        if loss is not None:
+            first = torch.where(torch.isfinite(loss.detach()), NO_STEP, step)
+            previous = self._first_nonfinite_step
+            self._first_nonfinite_step = first if previous is None else torch.minimum(previous, first)
+        if (step + 1) % self.finite_check_every == 0 or step + 1 == self.trainer.max_steps:
+            self.check_finite_losses()
+
+    def check_finite_losses(self) -> None:
+        """Raises ``FloatingPointError`` on every rank together when any rank had a non-finite loss since
+        the last check: one all-reduce (MIN of the first such step) and one host sync, instead of both on
+        every step. A collective: every rank calls it at the same points (nothing happens when no step
+        was trained since the last check).
+
+        Between two checks a non-finite loss is back-propagated and applied as before (the optimizer step
+        is not skipped): the run stops at the next check, and every checkpoint save and validation during
+        fit checks first, so no checkpoint or validation ever sees weights that such a step touched.
+        Skipping it device-side was rejected: zeroing the loss leaves NaN gradients (0 * inf in
+        backward); the loss flag is per rank while DDP averages gradients over ranks; and masking
+        gradients costs a kernel per parameter on every step and still moves the weights (momentum,
+        weight decay)."""
+        if self._unchecked_steps is None:
+            return
+        (start, end), self._unchecked_steps = self._unchecked_steps, None
+        first = self._first_nonfinite_step
+        self._first_nonfinite_step = None
+        if first is None:
+            first = torch.tensor(NO_STEP, device=self.device)
+        step = int(self.trainer.strategy.reduce(first, reduce_op="min"))
+        if step != NO_STEP:
+            raise FloatingPointError(
+                f"non-finite loss at step {step} (first on any rank; steps {start}-{end} checked together,"
+                f" every module.finite_check_every={self.finite_check_every} steps)"
+            )
 
     def _count_skipped(self, skipped: list) -> None:
         for sample in skipped:
@@ -109,9 +156,17 @@ class DATNetModule(pl.LightningModule):
         scheduler = LambdaLR(optimizer, self.recipe.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_end(self) -> None:
+        self.check_finite_losses()  # a run ending on max_epochs
+
+    def on_validation_start(self) -> None:
+        self.check_finite_losses()
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Also save torch's RNG states (the RPN/ROI samplers draw from them), as tensors so that the
-        checkpoint still loads with ``weights_only=True``: a resumed run continues the same random stream."""
+        """Checks for non-finite losses first (every rank builds the checkpoint); also saves torch's RNG
+        states (the RPN/ROI samplers draw from them), as tensors so that the checkpoint still loads with
+        ``weights_only=True``: a resumed run continues the same random stream."""
+        self.check_finite_losses()
         checkpoint["torch_rng_state"] = torch.get_rng_state()
         if torch.cuda.is_available():
             checkpoint["cuda_rng_states"] = torch.cuda.get_rng_state_all()
