@@ -45,3 +45,20 @@ def test_users_command_lines_compose():
     assert cfg.model.aux.dt is False
     cfg = compose_config(["ckpt_path=/tmp/x.ckpt", "experiment=demo"], config_name="eval")
     assert cfg.ckpt_path == "/tmp/x.ckpt"
+
+
+def test_deterministic_true_warns_instead_of_failing(tiny_config, shapes_overrides):
+    """``trainer.deterministic=true`` becomes Lightning's "warn": deterministic kernels where they exist, a
+    warning (not an error, as on CUDA for roi_align's backward) where they do not."""
+    import torch
+
+    from datnet.training.run import build_components
+
+    cfg = tiny_config([*shapes_overrides, "trainer.deterministic=true"])
+    try:
+        build_components(cfg, with_callbacks=False)
+        assert cfg.trainer.deterministic == "warn"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -47,6 +47,12 @@ def build_components(cfg: DictConfig, with_callbacks: bool = True):
     """Data module, model (classes from the data; resizing left to the data pipeline, which computes the
     auxiliary targets on the resized image), loggers, callbacks and trainer."""
     prepare_ddp_relaunch()
+    if cfg.trainer.get("deterministic") is True:
+        # roi_align, bilinear upsampling and adaptive max-pool have no deterministic CUDA backward: with
+        # `true` torch raises at their first backward; "warn" keeps every deterministic kernel that exists
+        log.warning("trainer.deterministic=true runs as 'warn': some CUDA kernels have no deterministic form")
+        with open_dict(cfg):
+            cfg.trainer.deterministic = "warn"
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, resize_images=False)
     callbacks = instantiate_callbacks(cfg.get("callbacks")) if with_callbacks else []
