@@ -2,7 +2,10 @@
 
 Measures, per image, the dense auxiliary targets of Sec. 3.1 alone (`ms_per_image_aux`) and the whole
 `__getitem__` (decode, masks, jitter/flip/resize, aux targets, tensors: `ms_per_image_total`), with
-torch/OpenCV limited to one thread and no loader workers.
+torch/OpenCV limited to one thread and no loader workers; and the size of a sample as a loader worker sends
+it (the tensors' bytes, image and target, in MB of 10^6 bytes), mean and maximum over the images:
+`mb_per_sample` for the uint8 image and bit-packed masks that workers send, `mb_per_sample_float32_dense`
+for the same sample with a float32 image and uint8 NxHxW masks (the former format).
 
     .venv/bin/python scripts/bench_data.py [--root DIR] [--split val] [--repeats 2] [--json]
 """
@@ -26,6 +29,14 @@ from datnet.data.masks import decode_masks
 from datnet.data.transforms import AugmentConfig, apply_transforms, build_transforms
 
 DEFAULT_ROOT = shared_data_root()
+
+
+def sample_bytes(image: torch.Tensor, target: dict) -> tuple[int, int]:
+    """Bytes of the sample's tensors as sent (uint8 image, `masks_packed`) and as they would be with a float32
+    image and uint8 NxHxW masks instead."""
+    sent = image.nbytes + sum(v.nbytes for v in target.values() if isinstance(v, torch.Tensor))
+    dense_masks = len(target["labels"]) * image.shape[-2] * image.shape[-1]
+    return sent, sent - image.nbytes + 4 * image.numel() - target["masks_packed"].nbytes + dense_masks
 
 
 def main() -> None:
@@ -70,7 +81,15 @@ def main() -> None:
             dataset[i]
     total_ms = (time.perf_counter() - start) * 1000 / (args.repeats * len(dataset))
 
-    result = {"ms_per_image_aux": round(aux_ms, 2), "ms_per_image_total": round(total_ms, 2)}
+    sizes = np.array([sample_bytes(*dataset[i]) for i in range(len(dataset))]) / 1e6
+    result = {
+        "ms_per_image_aux": round(aux_ms, 2),
+        "ms_per_image_total": round(total_ms, 2),
+        "mb_per_sample": round(float(sizes[:, 0].mean()), 2),
+        "mb_per_sample_max": round(float(sizes[:, 0].max()), 2),
+        "mb_per_sample_float32_dense": round(float(sizes[:, 1].mean()), 2),
+        "mb_per_sample_float32_dense_max": round(float(sizes[:, 1].max()), 2),
+    }
     if args.json:
         print(json.dumps(result))
         return
@@ -80,6 +99,11 @@ def main() -> None:
     )
     print(f"aux targets (DT + semantic, stride 4): {aux_ms:.2f} ms/image")
     print(f"whole __getitem__ (1 core, no workers): {total_ms:.2f} ms/image")
+    for label, key in (
+        ("sample as sent (uint8 image, packed masks)", "mb_per_sample"),
+        ("the same with a float32 image and dense masks", "mb_per_sample_float32_dense"),
+    ):
+        print(f"{label}: {result[key]:.2f} MB mean, {result[key + '_max']:.2f} MB max")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from datnet.configs import compose_config
 from datnet.data.image_io import ImageLoadError, read_rgb
-from datnet.data.transforms import image_to_tensor
+from datnet.data.transforms import image_to_uint8_tensor
 from datnet.models import fold_batchnorm_, load_model_checkpoint
 from datnet.visualization import aux_panels, class_colors, draw_detections
 
@@ -106,9 +106,8 @@ def predict_file(
     model: nn.Module, path: Path, names: list[str], colors: list, args: argparse.Namespace
 ) -> Tensor:
     """The drawn PNG content (uint8 3xHx(W or 3W)) for one image file; raises ``ImageLoadError``."""
-    image = image_to_tensor(read_rgb(path))
-    rgb = image.mul(255).round().to(torch.uint8)
-    detection = model([image.to(args.device)], return_aux_maps=args.aux_maps)
+    rgb = image_to_uint8_tensor(read_rgb(path))  # the model scales uint8 images to [0, 1] on the device
+    detection = model([rgb.to(args.device)], return_aux_maps=args.aux_maps)
     detection = {k: v.cpu() for k, v in detection[0].items()}
     drawn = draw_detections(rgb, detection, names, colors, args.score_threshold)
     if args.aux_maps:

@@ -20,10 +20,18 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
     return colors
 
 
+def to_uint8_image(image: Tensor) -> Tensor:
+    """A 3xHxW image as uint8: a uint8 image (as the data loaders give) as it is, a float image in [0, 1]
+    scaled to 0..255, rounded and clamped."""
+    return image if image.dtype == torch.uint8 else image.mul(255).round().clamp_(0, 255).to(torch.uint8)
+
+
 def draw_detections(
     image: Tensor, detection: dict[str, Tensor], names: list[str], colors: list, threshold: float
 ) -> Tensor:
-    """``image`` (uint8 3xHxW) with the masks and labelled boxes of detections scoring ``>= threshold``."""
+    """``image`` (3xHxW, uint8 or float in [0, 1]) as uint8 with the masks and labelled boxes of detections
+    scoring ``>= threshold``."""
+    image = to_uint8_image(image)
     keep = detection["scores"] >= threshold
     labels = detection["labels"][keep].tolist()
     if not labels:

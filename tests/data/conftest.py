@@ -9,7 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from datnet.models import DATNetTransform
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +24,11 @@ def shared(shared_data_dir):
 @pytest.fixture
 def tiny_coco(shared_data_dir) -> Path:
     return shared_data_dir("tiny_coco")
+
+
+def dense_masks(image: torch.Tensor, target: dict) -> torch.Tensor:
+    """The uint8 NxHxW masks of a dataset sample, unpacked from its `masks_packed` as the model does."""
+    return DATNetTransform.unpack_target(target, image.shape[-1])["masks"]
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ from datnet.data.coco import load_coco
 from datnet.data.dataset import DetectionDataset
 from datnet.data.transforms import AugmentConfig, build_transforms
 
+from .conftest import dense_masks
+
 
 def reference_cells(mask: np.ndarray, stride: int = 4) -> np.ndarray:
     """Full-image stride-cell occupancy: a cell is inside when at least half of its pixels are."""
@@ -118,7 +120,7 @@ def test_dataset_targets_match_the_returned_masks(tiny_coco):
         if any(inst.iscrowd for inst in ds.records[i].instances) or checked == 4:
             continue
         image, target = ds[i]
-        masks = target["masks"].numpy()
+        masks = dense_masks(image, target).numpy()
         assert masks.shape[1:] == image.shape[1:]
         ref_dt, ref_sem = reference_targets(masks, target["labels"].numpy(), np.zeros((0, *masks.shape[1:])))
         assert np.array_equal(target["dt"].numpy(), ref_dt) and np.array_equal(target["sem"].numpy(), ref_sem)

@@ -90,7 +90,7 @@ def test_polygon_with_fewer_than_3_points_is_counted(coco_dir):
     assert ds.skip_counts["polygon_too_few_points"] == 2
     assert ds.skip_counts["segmentation_replaced_by_box"] == 1  # nothing left of annotation 2: box proxy
     _, target = ds[0]
-    assert target["masks"].shape[0] == 2 and target["masks"].sum() > 0
+    assert target["masks_packed"].shape[0] == 2 and target["masks_packed"].sum() > 0
 
 
 def test_crowd_rle_is_an_ignore_region_not_an_instance(coco_dir):
@@ -188,7 +188,7 @@ def test_annotation_file_with_no_annotations_gives_negatives_and_a_warning(coco_
         ds = dataset(coco_dir)
     assert ds.skip_counts["no_annotations"] == 1 and "no_annotations" in caplog.text
     _, target = ds[1]
-    assert target["boxes"].shape == (0, 4) and target["masks"].shape[0] == 0
+    assert target["boxes"].shape == (0, 4) and target["masks_packed"].shape[0] == 0
     assert target["dt"].max() == 0 and target["sem"].max() == 0
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from datnet.data.aux_targets import dense_aux_targets
+from datnet.data.datamodule import ShapesDataModule
 from datnet.data.samplers import InferenceSampler, aspect_ratio_groups, training_batch_sampler
 from datnet.data.transforms import AugmentConfig, apply_transforms, build_transforms
 
@@ -97,7 +100,31 @@ def test_hydra_configs_have_the_user_keys(name):
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
     for key in ("_target_", "root", "batch_size", "num_workers", "min_size", "max_size", "multiscale"):
         assert key in cfg, f"{name}.yaml lacks {key}"
-    assert cfg.num_workers == 2 and "${paths.data_dir}" in OmegaConf.to_yaml(cfg)
+    assert "${paths.data_dir}" in OmegaConf.to_yaml(cfg)
+    assert cfg.num_workers >= 4 if name in ("coco", "voc") else cfg.num_workers == 2  # GPU-sized / CPU data
+    assert cfg.pin_memory == "auto"
+    assert cfg.val_batch_size == (4 if name == "shapes" else 1)  # shapes: CPU speed, said in its comment
+
+
+def test_loaders_pin_memory_for_cuda_and_keep_training_workers(tmp_path, monkeypatch):
+    """pin_memory="auto" pins exactly when batches go to a CUDA device; training workers are persistent."""
+    dm = ShapesDataModule(tmp_path / "s", num_train=4, num_val=2, num_workers=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert train.pin_memory and val.pin_memory
+    assert train.persistent_workers and not val.persistent_workers
+    dm.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("cpu")), global_rank=0, world_size=1
+    )
+    assert not dm.train_dataloader().pin_memory  # a CPU trainer on a CUDA machine
+    dm.trainer = None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not dm.train_dataloader().pin_memory
+    dm.pin_memory, dm.num_workers = True, 0
+    loader = dm.train_dataloader()
+    assert loader.pin_memory and not loader.persistent_workers
+    with pytest.raises(ValueError, match="pin_memory must be"):
+        ShapesDataModule(tmp_path / "s", num_train=4, num_val=2, pin_memory="yes")
 
 
 def test_shapes_config_instantiates_with_paths_data_dir(tmp_path):

@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from datnet.configs import compose_config
+from datnet.visualization import class_colors, draw_detections
 
 MODEL = [
     "experiment=demo",
@@ -82,3 +83,19 @@ def test_model_resizes_like_the_training_data_pipeline(load_script):
     model = load_script("predict").build_model(["experiment=demo", "model.num_classes=4"], None, "cpu")
     assert model.transform.resize_images
     assert (model.transform.min_size, model.transform.max_size) == ((160,), 256)
+
+
+def test_detections_are_drawn_alike_on_uint8_and_float_images():
+    """Data loaders give uint8 images, predict.py and notebooks may hold float images in [0, 1]."""
+    torch.manual_seed(0)
+    rgb = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8)
+    detection = {
+        "boxes": torch.tensor([[5.0, 5.0, 30.0, 20.0]]),
+        "labels": torch.tensor([1]),
+        "scores": torch.tensor([0.9]),
+        "masks": torch.rand(1, 1, 40, 50),
+    }
+    names, colors = ["__background__", "thing"], class_colors(2)
+    drawn = draw_detections(rgb, detection, names, colors, 0.5)
+    assert drawn.dtype == torch.uint8 and not torch.equal(drawn, rgb)
+    assert torch.equal(draw_detections(rgb.float() / 255, detection, names, colors, 0.5), drawn)

@@ -52,14 +52,17 @@ class DetectionDataModule(pl.LightningDataModule):
     Args:
         batch_size: training images per batch and per rank.
         val_batch_size: evaluation images per batch and per rank.
-        num_workers: loader worker processes (aux targets are computed there).
+        num_workers: loader worker processes per rank (aux targets are computed there); the training loader's
+            workers are persistent (kept across epochs) when there are any.
         min_size, max_size: short side / long-side cap of the resize (Sec. 4: 800 / 1333).
         multiscale: draw the training short side from `multiscale_range`, long side <= `multiscale_max_size`.
         hflip_prob, color_jitter: training augmentation strengths (0 disables).
         aspect_ratio_group_factor: torchvision-style aspect-ratio bins for training batches (0: no grouping).
         aux_stride: stride of the dense auxiliary targets (4 = P2).
         seed: shuffling seed (the epoch is added by `set_epoch`).
-        pin_memory: DataLoader pin_memory (useful with a GPU).
+        pin_memory: DataLoader pin_memory (page-locked batches for fast, asynchronous copies to a GPU): True,
+            False, or "auto": True when the batches go to a CUDA device (the trainer's root device; without a
+            trainer, when CUDA is available).
     """
 
     def __init__(
@@ -77,9 +80,11 @@ class DetectionDataModule(pl.LightningDataModule):
         aspect_ratio_group_factor: int = 3,
         aux_stride: int = 4,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | str = "auto",
     ) -> None:
         super().__init__()
+        if not isinstance(pin_memory, bool) and pin_memory != "auto":
+            raise ValueError(f"pin_memory must be true, false or 'auto', got {pin_memory!r}")
         lo, hi = (int(v) for v in multiscale_range)
         self.augment = AugmentConfig(
             min_size, max_size, multiscale, (lo, hi), multiscale_max_size, hflip_prob, color_jitter
@@ -173,6 +178,14 @@ class DetectionDataModule(pl.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
+    def _pin_memory(self) -> bool:
+        """`pin_memory` with "auto" resolved (see the class docstring)."""
+        if self.pin_memory != "auto":
+            return self.pin_memory
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
     def _loader(self, split: str, batch_sampler: BatchSampler, rank: int) -> DataLoader:
         return DataLoader(
             self.dataset(split),
@@ -181,7 +194,7 @@ class DetectionDataModule(pl.LightningDataModule):
             collate_fn=collate,
             worker_init_fn=functools.partial(_init_worker, rank=rank) if self.num_workers else None,
             persistent_workers=self.num_workers > 0 and split == "train",
-            pin_memory=self.pin_memory,
+            pin_memory=self._pin_memory(),
         )
 
     def train_dataloader(self) -> DataLoader:

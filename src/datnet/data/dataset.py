@@ -2,12 +2,18 @@
 
 An item is `(image, target)`:
 
-* `image`: float32 3xHxW in [0, 1], RGB, already augmented and resized (the model does not resize again).
-* `target`: `boxes` float32 Nx4 xyxy in pixels of `image`; `labels` int64 N in 1..C; `masks` uint8 NxHxW
-  (for box-only data the filled box, paper Sec. 4.4); `image_id` int (original dataset id); `orig_size` int64
+* `image`: uint8 3xHxW (0..255), RGB, already augmented and resized (the model does not resize again; its
+  transform, `datnet.models.DATNetTransform`, scales it to float in [0, 1] on the device).
+* `target`: `boxes` float32 Nx4 xyxy in pixels of `image`; `labels` int64 N in 1..C; `masks_packed` uint8
+  N x H x ceil(W/8), the binary instance masks at the size of `image` bit-packed along the width
+  (`datnet.data.masks.pack_masks`; for box-only data the filled box, paper Sec. 4.4), unpacked to the uint8
+  NxHxW `masks` by the model's transform; `image_id` int (original dataset id); `orig_size` int64
   [H0, W0] of the file; `area` float32 N (mask pixels in `image`); `iscrowd` int64 N (zeros: crowd regions are
   never instances); `dt`, `sem` uint8 (ceil(H/4), ceil(W/4)) dense auxiliary targets of Sec. 3.1 with 255 =
   ignore (see `aux_targets`). Unannotated data (COCO test-dev) has no instances and all-ignore `dt`/`sem`.
+
+uint8 images and packed masks make a sample about a fifth of the bytes of float32 images with uint8 masks
+(`scripts/bench_data.py`: what workers pickle and the host copies to the device).
 
 An image that cannot be read yields a `SkippedSample` instead of raising; `collate` drops those.
 """
@@ -26,9 +32,9 @@ from torch.utils.data import Dataset
 
 from datnet.data.aux_targets import IGNORE, dense_aux_targets, grid_shape
 from datnet.data.image_io import ImageLoadError, read_rgb
-from datnet.data.masks import decode_masks
+from datnet.data.masks import decode_masks, pack_masks
 from datnet.data.records import Category, ImageRecord, Instance, SerializedRecords, SourceData
-from datnet.data.transforms import apply_transforms, image_to_tensor
+from datnet.data.transforms import apply_transforms, image_to_uint8_tensor
 
 Sample = tuple[torch.Tensor, dict[str, Any]]
 
@@ -148,7 +154,7 @@ class DetectionDataset(Dataset):
         target = {
             "boxes": torch.from_numpy(boxes[is_object]),
             "labels": torch.from_numpy(labels),
-            "masks": torch.from_numpy(obj_masks),
+            "masks_packed": torch.from_numpy(pack_masks(obj_masks)),
             "image_id": rec.image_id,
             "orig_size": torch.tensor([rec.height, rec.width], dtype=torch.int64),
             "area": torch.tensor([cv2.countNonZero(m) for m in obj_masks], dtype=torch.float32),
@@ -156,4 +162,4 @@ class DetectionDataset(Dataset):
             "dt": torch.from_numpy(dt),
             "sem": torch.from_numpy(sem),
         }
-        return image_to_tensor(image), target
+        return image_to_uint8_tensor(image), target

@@ -83,6 +83,11 @@ def apply_transforms(
     return out["image"], new_masks, np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4), keep
 
 
+def image_to_uint8_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 RGB to a 3xHxW uint8 tensor, as loader workers send it (the model scales it to [0, 1])."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 RGB to a 3xHxW float32 tensor in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+    return image_to_uint8_tensor(image).float().div_(255.0)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from datnet.models.auxiliary import DenseAuxiliaryTasks
@@ -16,16 +17,52 @@ AUX_STRIDE = 4
 
 
 class DATNetTransform(GeneralizedRCNNTransform):
-    """torchvision's normalise/resize/batch transform, with resizing optional.
+    """torchvision's normalise/resize/batch transform, with resizing optional, taking compact samples.
 
     The data pipeline resizes images itself (so that auxiliary targets are computed in its workers on exactly
     the image the model sees); it then sets ``resize_images=False``. When the transform does resize (raw
     images), dense ``dt``/``sem`` target maps are resized with nearest neighbour to stay at stride 4.
+
+    Loader workers send compact samples, expanded here on the device: a uint8 image (0..255) becomes the
+    float32 image ``image.float() / 255`` in [0, 1] before torchvision's normalisation (float images in
+    [0, 1] pass unchanged), and a target's bit-packed ``masks_packed`` (``datnet.data.masks.pack_masks``)
+    becomes the uint8 ``masks`` that the mask loss needs.
     """
 
     def __init__(self, *args, resize_images: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.resize_images = resize_images
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[ImageList, list[dict[str, Tensor]] | None]:
+        """torchvision's transform on ``images`` after unpacking the targets' ``masks_packed`` (the callers'
+        target dicts are left as they are)."""
+        if targets is not None:
+            targets = [
+                self.unpack_target(target, int(image.shape[-1]))
+                for image, target in zip(images, targets, strict=True)
+            ]
+        return super().forward(images, targets)
+
+    @staticmethod
+    def unpack_target(target: dict[str, Tensor], width: int) -> dict[str, Tensor]:
+        """``target`` with its ``masks_packed`` (N, H, ceil(W/8)) replaced by the uint8 {0, 1} ``masks``
+        (N, H, W) of an image ``width`` pixels wide (np.packbits order along the width: most significant bit
+        first); a target without ``masks_packed`` is returned as it is."""
+        if "masks_packed" not in target:
+            return target
+        target = dict(target)
+        packed = target.pop("masks_packed")
+        shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
+        target["masks"] = ((packed.unsqueeze(-1) >> shifts) & 1).flatten(-2)[..., :width].contiguous()
+        return target
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """torchvision's mean/std normalisation of a float image in [0, 1] or a uint8 image (0..255)."""
+        if image.dtype == torch.uint8:
+            image = image.float().div_(255)
+        return super().normalize(image)
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
         if not self.resize_images:
