@@ -43,5 +43,9 @@ ablation: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Removes only what can be rebuilt (the environment, tool caches, build metadata, the generated shapes set);
+# checkpoints and logs (logs/, outputs/) and downloaded datasets stay.
 clean:
-	rm -rf $(VENV) outputs logs
+	rm -rf $(VENV) .pytest_cache .ruff_cache data/shapes
+	find . -path ./logs -prune -o -path ./outputs -prune -o -path ./.git -prune -o -path './.venv*' -prune -o \
+		\( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +
