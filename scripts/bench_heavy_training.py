@@ -31,6 +31,7 @@ def build_heavy(size: int, backbone: str, rois: int) -> nn.Module:
         [
             "+model=heavy",
             f"model.backbone.name={backbone}",
+            "model.backbone.weights=scratch",  # random weights: no ImageNet file needed
             "model.backbone.norm=frozen_bn",
             f"model.detector.min_size={size}",
             f"model.detector.max_size={size}",

@@ -17,7 +17,12 @@ from datnet.paper_tables import TABLE7
 
 def count_parameters(preset: str, backbone: str, num_classes: int) -> int:
     cfg = compose_config(
-        [f"+model={preset}", f"model.backbone.name={backbone}", f"model.num_classes={num_classes}"]
+        [
+            f"+model={preset}",
+            f"model.backbone.name={backbone}",
+            "model.backbone.weights=scratch",  # random weights: nothing to look for, the same parameters
+            f"model.num_classes={num_classes}",
+        ]
     )
     model = instantiate(cfg.model)
     return sum(p.numel() for p in model.parameters())

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 from torch import Tensor, nn
 
@@ -33,6 +34,7 @@ from datnet.configs import compose_config
 from datnet.data.image_io import ImageLoadError, read_rgb
 from datnet.data.transforms import image_to_uint8_tensor
 from datnet.models import fold_batchnorm_, load_model_checkpoint
+from datnet.models.backbone import backbone_for_checkpoint
 from datnet.visualization import aux_panels, class_colors, draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -68,7 +70,9 @@ def build_model(overrides: list[str], checkpoint: str | None, device: str) -> nn
     convolutions, resizing raw images itself to the evaluation size of the training data pipeline
     (``data.min_size``/``data.max_size``) unless ``model.detector.min_size``/``max_size`` are overridden."""
     cfg = compose_config([*DATA_PIPELINE_SIZES, *overrides], config_name="train")
-    model = instantiate(cfg.model, resize_images=True)
+    # every weight comes from the checkpoint (or is random): no ImageNet file, the BatchNorm kind of training
+    backbone = backbone_for_checkpoint(OmegaConf.to_container(cfg.model.backbone, resolve=True))
+    model = instantiate(cfg.model, backbone=backbone, resize_images=True)
     if checkpoint:
         load_model_checkpoint(model, checkpoint)
     model.eval()

@@ -76,6 +76,7 @@ def build_model(
         [
             f"+model={preset}",
             f"model.backbone.name={backbone}",
+            "model.backbone.weights=scratch",  # random weights: no ImageNet file needed
             f"model.num_classes={num_classes}",
             "model.backbone.norm=frozen_bn",
             f"model.detector.min_size={size}",

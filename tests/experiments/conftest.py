@@ -4,9 +4,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
+from torchvision.models import get_model
 
 from datnet.configs import compose_config
+from datnet.models.backbone import imagenet_file
 
 TINY = [
     "model.backbone.name=resnet18",
@@ -40,9 +43,28 @@ def shapes_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("shapes")
 
 
+@pytest.fixture(scope="session")
+def seeded_torch_home(tmp_path_factory) -> Path:
+    """A ``TORCH_HOME`` whose hub cache holds a random ResNet-18 state dict under torchvision's file name of
+    its ImageNet weights: the paper configurations (``model.backbone.weights=imagenet``) take the real path,
+    offline."""
+    home = tmp_path_factory.mktemp("torch_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(home))
+        path = imagenet_file("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(get_model("resnet18", weights=None).state_dict(), path)
+    return home
+
+
 @pytest.fixture
-def tiny_experiment(tmp_path: Path, shapes_root: Path) -> Callable[[str], DictConfig]:
-    """``tiny_experiment(name)``: ``experiment=name`` shrunk to a 1-step run writing into ``tmp_path``."""
+def tiny_experiment(
+    tmp_path: Path, shapes_root: Path, seeded_torch_home: Path, monkeypatch
+) -> Callable[[str], DictConfig]:
+    """``tiny_experiment(name)``: ``experiment=name`` shrunk to a 1-step run writing into ``tmp_path``; the
+    ImageNet weights (ResNet-18's, random) come from a seeded hub cache."""
+    monkeypatch.setenv("TORCH_HOME", str(seeded_torch_home))
 
     def compose(name: str) -> DictConfig:
         return compose_config(

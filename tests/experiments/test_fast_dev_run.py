@@ -19,6 +19,7 @@ ROWS = [
 @pytest.mark.parametrize("name", ROWS)
 def test_one_step(name, tiny_experiment):
     cfg = tiny_experiment(name)
+    assert cfg.model.backbone.weights == "imagenet"  # the paper's setting, from the seeded hub cache
     metrics = train(cfg)
     assert "val/bbox/AP" in metrics and metrics["step"] == 1
     assert ("val/segm/AP" in metrics) == (cfg.model.mask_head != "none")

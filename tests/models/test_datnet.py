@@ -147,7 +147,14 @@ def test_maskrcnn_preset_is_torchvision_maskrcnn():
     reference = maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=81, min_size=128, max_size=160
     )
-    cfg = compose_config(["+model=maskrcnn", "model.detector.min_size=128", "model.detector.max_size=160"])
+    cfg = compose_config(
+        [
+            "+model=maskrcnn",
+            "model.backbone.weights=scratch",  # torchvision's random init (trainable BN)
+            "model.detector.min_size=128",
+            "model.detector.max_size=160",
+        ]
+    )
     ours = instantiate(cfg.model)
     ours.load_state_dict(reference.state_dict(), strict=True)
     assert set(ours.state_dict()) == set(reference.state_dict())

@@ -62,7 +62,12 @@ def test_arithmetic_grows_with_the_roi_heads(rows):
 def test_params_are_the_models_parameter_count(rows):
     for row in rows:
         cfg = compose_config(
-            [f"+model={row['model']}", "model.backbone.name=resnet18", f"model.num_classes={NUM_CLASSES}"]
+            [
+                f"+model={row['model']}",
+                "model.backbone.name=resnet18",
+                "model.backbone.weights=scratch",
+                f"model.num_classes={NUM_CLASSES}",
+            ]
         )
         assert row["params"] == sum(p.numel() for p in instantiate(cfg.model).parameters())
 

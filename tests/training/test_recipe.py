@@ -1,9 +1,11 @@
 """The paper's schedule and the linear scaling rule."""
 
 import pytest
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from datnet.configs import compose_config
-from datnet.training.recipe import scale_recipe
+from datnet.training.recipe import scale_intervals, scale_recipe, scale_steps
+from datnet.training.run import build_components, make_module
 
 
 def test_coco_1x_at_reference_batch_is_the_paper_schedule():
@@ -32,3 +34,52 @@ def test_warmup_then_step_decay():
     assert recipe.lr_factor(10) == recipe.lr_factor(59) == 1.0
     assert recipe.lr_factor(60) == pytest.approx(0.1)
     assert recipe.lr_factor(80) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    ("total", "val_every", "checkpoint_every"), [(2, 80000, 40000), (16, 10000, 5000), (128, 1250, 625)]
+)
+def test_intervals_scale_like_the_recipe(total, val_every, checkpoint_every):
+    """COCO 1x validates every 10k steps of 16 images: every 80k of 2 (1 GPU), 1250 of 128 (8 x 16)."""
+    intervals = scale_intervals(10000, 5000, 16, total)
+    assert (intervals.val_every, intervals.checkpoint_every) == (val_every, checkpoint_every)
+    recipe = scale_recipe(0.02, 90000, [60000, 80000], 1000, 16, total)
+    assert recipe.max_steps / intervals.val_every == 9  # the same 9 validations whatever the batch
+
+
+def test_scale_steps_rounds_up_and_keeps_zero():
+    assert scale_steps(450, 4, 8) == 225 and scale_steps(5, 4, 8) == 3 and scale_steps(1, 4, 64) == 1
+    assert scale_steps(0, 16, 2) == 0
+    with pytest.raises(ValueError, match="positive"):
+        scale_steps(10, 16, 0)
+
+
+@pytest.mark.parametrize(("devices", "val_every", "checkpoint_every"), [(1, 80000, 40000), (8, 10000, 5000)])
+def test_trainer_and_checkpoint_get_the_scaled_intervals(tmp_path, devices, val_every, checkpoint_every):
+    """Through the composed config and build_components: 1x with 2 images per rank on 1 and 8 (CPU) ranks."""
+    cfg = compose_config(
+        [
+            "trainer=cpu",
+            f"trainer.devices={devices}",
+            "data=shapes",
+            f"data.root={tmp_path}/shapes",
+            "data.batch_size=2",
+            "model.backbone.name=resnet18",
+            "model.backbone.weights=scratch",
+            "logger=none",
+            "callbacks.rich_progress_bar=null",
+            "callbacks.rich_model_summary=null",
+            "callbacks.prediction_images=null",
+            f"paths.output_dir={tmp_path}",
+        ],
+        config_name="train",
+    )
+    assert cfg.schedule.val_every == 10000 and cfg.schedule.reference_batch_size == 16
+    _, model, trainer = build_components(cfg)
+    assert trainer.world_size == devices
+    assert trainer.val_check_interval == val_every
+    (checkpoint,) = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert checkpoint._every_n_train_steps == checkpoint_every
+    module = make_module(cfg, model, trainer, tmp_path / "results")
+    assert trainer.max_steps / trainer.val_check_interval == 9  # 9 validations, as at 16 images per step
+    assert module.recipe.max_steps == trainer.max_steps

@@ -27,6 +27,7 @@ RUN = [
     "trainer.limit_train_batches=2",  # 2 steps per epoch
     "trainer.limit_val_batches=0",
     "schedule.checkpoint_every=1",
+    "schedule.reference_batch_size=2",  # the total batch: the schedule's steps are not rescaled
     "schedule.val_every=100",
     "schedule.warmup_steps=2",
     "schedule.milestones=[3]",  # warm-up, then a decay, inside the 4 steps

@@ -1,13 +1,27 @@
 """ResNet / ResNeXt FPN backbones producing P2..P5 and P6 (Fig. 2a), from torchvision's builders.
 
-Nothing is downloaded: weights are either random or an ImageNet state dict read from a local path.
+``weights`` (``model.backbone.weights``) is one of:
+
+- ``imagenet`` (the paper's setting): torchvision's ``IMAGENET1K_V1`` weights of the backbone
+  (``ResNet50_Weights.IMAGENET1K_V1``, ``ResNeXt101_32X8D_Weights.IMAGENET1K_V1``, ...), read from the torch
+  hub cache (``$TORCH_HOME/hub/checkpoints/<torchvision's file name>``) and downloaded there on first use
+  where there is a network, as torchvision does; where the file can be had neither way the build stops at
+  once with an error saying where it looked and what else to pass;
+- ``scratch``: random initialisation (trainable BatchNorm, every stage trained), with a warning;
+- a local path to a torchvision-format state dict.
 """
 
+import os
+import socket
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision.models import get_model
+from torchvision.models import get_model, get_model_weights
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
@@ -17,10 +31,35 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d",
 NORMS = {"bn": nn.BatchNorm2d, "frozen_bn": AutocastFrozenBatchNorm2d}
 
 
-def resolve_norm(norm: str, weights: str | None) -> type[nn.Module]:
+IMAGENET = "imagenet"
+SCRATCH = "scratch"
+DOWNLOAD_TIMEOUT_S = 10.0  # per socket operation: no network fails in seconds, a slow one still downloads
+
+
+class WeightsUnavailableError(RuntimeError):
+    """``model.backbone.weights=imagenet`` where the file is neither in the hub cache nor downloadable."""
+
+
+def check_weights(weights: Any) -> str:
+    """``weights`` if it is ``imagenet``, ``scratch`` or a path; ``null`` (formerly random init) is an error
+    naming the choices, so that an old config does not silently change meaning."""
+    if not isinstance(weights, str | os.PathLike) or not str(weights):
+        raise ValueError(
+            f"model.backbone.weights must be imagenet (torchvision's ImageNet weights, the paper's setting), "
+            f"scratch (random init) or a path to a local state dict; got {weights!r}"
+        )
+    return str(weights)
+
+
+def is_pretrained(weights: Any) -> bool:
+    """Whether ``weights`` loads pretrained weights (``imagenet`` or a path), i.e. not ``scratch``."""
+    return check_weights(weights) != SCRATCH
+
+
+def resolve_norm(norm: str, weights: Any) -> type[nn.Module]:
     """``auto`` follows torchvision: frozen BatchNorm with pretrained weights, trainable BatchNorm without."""
     if norm == "auto":
-        norm = "frozen_bn" if weights else "bn"
+        norm = "frozen_bn" if is_pretrained(weights) else "bn"
     if norm not in NORMS:
         raise ValueError(f"model.backbone.norm must be auto, bn or frozen_bn; got {norm!r}")
     return NORMS[norm]
@@ -39,9 +78,61 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def imagenet_weights(name: str):
+    """torchvision's ``IMAGENET1K_V1`` weights enum of backbone ``name`` (e.g. ``ResNet50_Weights``)."""
+    return get_model_weights(name).IMAGENET1K_V1
+
+
+def imagenet_file(name: str) -> Path:
+    """Where torchvision keeps the ImageNet weights of ``name``: ``torch.hub.get_dir()/checkpoints/<file>``,
+    the file named as in the weights' URL (``$TORCH_HOME/hub/checkpoints/resnet50-0676ba61.pth``)."""
+    url = imagenet_weights(name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def load_imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict of ``name`` from the hub cache, or downloaded into it (as torchvision does),
+    each socket operation of the download limited to ``DOWNLOAD_TIMEOUT_S``; ``WeightsUnavailableError``
+    naming the file and the alternatives when neither works."""
+    weights = imagenet_weights(name)
+    path = imagenet_file(name)
+    if path.is_file():
+        return load_state_dict_file(path)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        return torch.hub.load_state_dict_from_url(
+            weights.url, map_location="cpu", progress=True, check_hash=True, weights_only=True
+        )
+    except Exception as error:  # no network, DNS failure, timeout, HTTP error, bad hash
+        raise WeightsUnavailableError(
+            f"model.backbone.weights=imagenet: torchvision's ImageNet weights of {name} "
+            f"({type(weights).__name__}.{weights.name}) are not at {path} and could not be downloaded from "
+            f"{weights.url} ({type(error).__name__}: {error}). Put that file there (TORCH_HOME sets the "
+            f"cache), or pass model.backbone.weights=/path/to/file.pth (a torchvision-format {name} state "
+            f"dict) or model.backbone.weights=scratch (random init, trainable BatchNorm)."
+        ) from error
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def backbone_for_checkpoint(backbone: Mapping[str, Any]) -> dict[str, Any]:
+    """The backbone config of a model whose weights all come from a whole-model checkpoint: the same modules
+    (BatchNorm kind and trainable stages resolved from the original ``weights``, so that the checkpoint's
+    state dict matches) with ``weights=scratch``, so that no ImageNet file is looked for."""
+    backbone = dict(backbone)
+    weights = backbone.get("weights", SCRATCH)
+    if backbone.get("norm", "auto") == "auto":
+        backbone["norm"] = "frozen_bn" if is_pretrained(weights) else "bn"
+    if backbone.get("trainable_layers") is None:
+        backbone["trainable_layers"] = 3 if is_pretrained(weights) else 5
+    backbone["weights"] = SCRATCH
+    return backbone
+
+
 def build_resnet_fpn_backbone(
     name: str = "resnet50",
-    weights: str | None = None,
+    weights: str = SCRATCH,
     norm: str = "auto",
     trainable_layers: int | None = None,
     out_channels: int = 256,
@@ -51,15 +142,21 @@ def build_resnet_fpn_backbone(
     ``out_channels`` is the pyramid width (256 in the paper and torchvision); a narrower pyramid makes every
     head that works on it (auxiliary heads, RPN, MSPwA, ROI heads) proportionally cheaper, for CPU runs.
 
-    Returns the backbone and the ImageNet state of its stage 5 (empty without ``weights``), used to initialise
+    ``weights``: ``imagenet``, ``scratch`` or a local path (module docstring).
+    Returns the backbone and the ImageNet state of its stage 5 (empty from scratch), used to initialise
     ``res5`` ROI heads. ``trainable_layers`` defaults to 3 with weights and 5 without, as in torchvision.
     """
     if name not in BACKBONES:
         raise ValueError(f"model.backbone.name must be one of {BACKBONES}; got {name!r}")
+    weights = check_weights(weights)
+    pretrained = is_pretrained(weights)
+    # the file first: a missing one stops the run before anything is built
+    state = load_imagenet_state_dict(name) if weights == IMAGENET else None
     net = get_model(name, weights=None, norm_layer=resolve_norm(norm, weights))
     stage5_state: dict[str, torch.Tensor] = {}
-    if weights:
-        state = load_state_dict_file(weights)
+    if pretrained:
+        if state is None:
+            state = load_state_dict_file(weights)
         missing, unexpected = net.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
@@ -70,8 +167,15 @@ def build_resnet_fpn_backbone(
         stage5_state = {
             k[len("layer4.") :]: v for k, v in net.state_dict().items() if k.startswith("layer4.")
         }
+    else:
+        warnings.warn(
+            "model.backbone.weights=scratch: the backbone starts from random initialisation, not ImageNet "
+            "weights (the paper's setting), unless a whole-model checkpoint is loaded next",
+            UserWarning,
+            stacklevel=2,
+        )
     if trainable_layers is None:
-        trainable_layers = 3 if weights else 5
+        trainable_layers = 3 if pretrained else 5
     backbone = _resnet_fpn_extractor(net, trainable_layers)
     if out_channels != backbone.out_channels:
         in_channels = [block[0].in_channels for block in backbone.fpn.inner_blocks]

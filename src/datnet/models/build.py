@@ -10,7 +10,13 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from datnet.models.aux_heads import DistanceTransformHead, SemanticHead
 from datnet.models.auxiliary import DenseAuxiliaryTasks
-from datnet.models.backbone import build_resnet_fpn_backbone, load_state_dict_file, resolve_norm
+from datnet.models.backbone import (
+    SCRATCH,
+    backbone_for_checkpoint,
+    build_resnet_fpn_backbone,
+    load_state_dict_file,
+    resolve_norm,
+)
 from datnet.models.datnet import DATNet
 from datnet.models.fusion import FeatureFusion
 from datnet.models.mixed_precision import use_float32_box_geometry_
@@ -89,13 +95,17 @@ def build_datnet(
     one res5 shared by the box and mask branches; the mask is a deconv + 1x1 conv giving 14x14.
     All off (``aux.dt=aux.seg=false, pooler=fpn, box_head=2fc, mask_head=fpn``) is torchvision's Mask R-CNN.
     ``detector`` passes torchvision ``MaskRCNN`` keyword arguments (``min_size``,
-    ``box_batch_size_per_image``, ...). ``checkpoint`` loads a whole-model state dict (strict) from a
-    local file.
+    ``box_batch_size_per_image``, ...). ``backbone["weights"]`` is ``imagenet``, ``scratch`` (the default
+    here) or a local path (``datnet.models.backbone``). ``checkpoint`` loads a whole-model state dict
+    (strict) from a local file; the backbone is then built from scratch, with the BatchNorm kind that
+    ``weights`` implies.
     """
     backbone_cfg = dict(backbone or {})
+    if checkpoint:  # every weight comes from the checkpoint: no ImageNet file is looked for
+        backbone_cfg = backbone_for_checkpoint(backbone_cfg)
     arch = backbone_cfg.get("name", "resnet50")
     fpn, stage5_state = build_resnet_fpn_backbone(**backbone_cfg)
-    norm_layer = resolve_norm(backbone_cfg.get("norm", "auto"), backbone_cfg.get("weights"))
+    norm_layer = resolve_norm(backbone_cfg.get("norm", "auto"), backbone_cfg.get("weights", SCRATCH))
     if mask_head not in MASK_HEADS:
         raise ValueError(f"model.mask_head must be one of {MASK_HEADS}; got {mask_head!r}")
 

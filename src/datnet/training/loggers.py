@@ -9,7 +9,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning import Callback
 from pytorch_lightning.loggers import Logger
 
@@ -39,9 +39,38 @@ def wandb_run_identity() -> dict[str, Any]:
     return identity
 
 
-def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+def _plain(node: DictConfig | ListConfig, key: Any) -> Any:
+    """``node[key]`` resolved into plain Python; its interpolation string when it cannot be resolved."""
+    try:
+        value = node[key]
+    except Exception:  # noqa: BLE001 - any resolver error (e.g. ``${hydra:...}`` outside a Hydra run)
+        return OmegaConf.to_container(node, resolve=False)[key]
+    return _container(value) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def _container(node: DictConfig | ListConfig) -> Any:
+    try:
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+    except Exception:  # noqa: BLE001 - resolve the children one by one, keeping what cannot be resolved
+        if isinstance(node, DictConfig):
+            return {str(key): _plain(node, key) for key in node.keys()}
+        return [_plain(node, index) for index in range(len(node))]
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as a plain dict with every interpolation resolved, without the ``hydra`` node: the W&B run's
+    config, so that runs filter by any hyperparameter. A value that cannot be resolved here (e.g.
+    ``${hydra:...}`` outside a Hydra run) keeps its interpolation string; a missing one (``???``) stays
+    ``"???"``."""
+    return {str(key): _plain(cfg, key) for key in cfg.keys() if key != "hydra"}
+
+
+def instantiate_loggers(cfg: DictConfig | None, run_config: DictConfig | None = None) -> list[Logger]:
     """One logger per entry of the ``logger`` group. A W&B logger without credentials (and with no explicit
-    ``WANDB_MODE``) runs in offline mode, with a warning, so a run never waits on the network."""
+    ``WANDB_MODE``) runs in offline mode, with a warning, so a run never waits on the network.
+
+    The W&B run's config is the whole resolved ``run_config`` (the run's composed config; see
+    :func:`resolved_config`) plus the Hydra overrides under ``overrides``."""
     loggers: list[Logger] = []
     for conf in (cfg or {}).values():
         if not isinstance(conf, DictConfig) or "_target_" not in conf:
@@ -56,10 +85,18 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
                 )
                 kwargs["offline"] = True
             kwargs.update({k: v for k, v in wandb_run_identity().items() if conf.get(k) is None})
-            conf = conf.copy()  # ``config`` cannot be a keyword of ``instantiate`` itself
+            if conf.get("config") is None and run_config is not None:
+                kwargs["config"] = {**resolved_config(run_config), **kwargs.get("config", {})}
+            # the run config goes to the logger, not into ``conf``: ``config`` is no keyword of
+            # ``instantiate`` itself, and the ``_target_`` nodes in it (model, data, ...) must stay config
+            config = kwargs.pop("config", None)
+            conf = conf.copy()
             with open_dict(conf):
                 conf.merge_with(kwargs)
-        loggers.append(instantiate(conf, _convert_="all"))
+            logger = instantiate(conf, _convert_="all", _partial_=True)
+            loggers.append(logger() if config is None else logger(config=config))
+        else:
+            loggers.append(instantiate(conf, _convert_="all"))
     return loggers
 
 

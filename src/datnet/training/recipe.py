@@ -5,7 +5,6 @@ A schedule is written for a reference total batch (16 images for COCO 1x: LR 0.0
 ``16 / B`` (Goyal et al.), so ``trainer.devices=8`` and ``=1`` run the same recipe.
 """
 
-import math
 from dataclasses import dataclass
 
 
@@ -29,6 +28,34 @@ class Recipe:
         return factor
 
 
+def scale_steps(n: int, reference_batch_size: int, total_batch_size: int) -> int:
+    """An iteration count written for ``reference_batch_size`` images per step, at ``total_batch_size``:
+    ``ceil(n * reference / total)``, at least 1 (0 stays 0)."""
+    if total_batch_size <= 0 or reference_batch_size <= 0:
+        raise ValueError(f"batch sizes must be positive, got {total_batch_size} and {reference_batch_size}")
+    return max(1, int(-(-n * reference_batch_size // total_batch_size))) if n > 0 else 0  # exact ceil
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """How often a run validates and writes ``last.ckpt``, in optimizer steps of the actual total batch."""
+
+    val_every: int
+    checkpoint_every: int
+
+
+def scale_intervals(
+    val_every: int, checkpoint_every: int, reference_batch_size: int, total_batch_size: int
+) -> Intervals:
+    """``schedule.val_every`` / ``schedule.checkpoint_every`` scaled like the recipe's iteration counts, so
+    that a run validates and checkpoints at the same points of training (images seen) whatever the number
+    of GPUs: COCO 1x validates every 10k steps of 16 images, i.e. every 20k steps of 8 or 1250 of 128."""
+    return Intervals(
+        scale_steps(val_every, reference_batch_size, total_batch_size),
+        scale_steps(checkpoint_every, reference_batch_size, total_batch_size),
+    )
+
+
 def scale_recipe(
     lr: float,
     max_steps: int,
@@ -45,7 +72,7 @@ def scale_recipe(
     k = total_batch_size / reference_batch_size
 
     def steps(n: int) -> int:
-        return max(1, math.ceil(n / k)) if n > 0 else 0
+        return scale_steps(n, reference_batch_size, total_batch_size)
 
     return Recipe(
         lr=lr * k,

@@ -12,11 +12,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from datnet.models import load_model_checkpoint
+from datnet.models.backbone import backbone_for_checkpoint
 from datnet.training.loggers import instantiate_callbacks, instantiate_loggers
 from datnet.training.module import DATNetModule
-from datnet.training.recipe import scale_recipe
+from datnet.training.recipe import Intervals, scale_intervals, scale_recipe
 from datnet.training.sweep import prepare_ddp_relaunch
 from datnet.utils.config_tree import print_config_tree
 
@@ -57,15 +59,58 @@ def build_components(cfg: DictConfig, with_callbacks: bool = True):
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, resize_images=False)
     callbacks = instantiate_callbacks(cfg.get("callbacks")) if with_callbacks else []
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=instantiate_loggers(cfg.get("logger"))
+        cfg.trainer, callbacks=callbacks, logger=instantiate_loggers(cfg.get("logger"), run_config=cfg)
     )
+    apply_scaled_intervals(cfg, trainer)
     return datamodule, model, trainer
+
+
+def total_batch_size(cfg: DictConfig, trainer: pl.Trainer) -> int:
+    """Images per optimizer step: per-rank batch x ranks (devices x nodes) x gradient accumulation."""
+    return cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def apply_scaled_intervals(cfg: DictConfig, trainer: pl.Trainer) -> Intervals | None:
+    """Validation (``trainer.val_check_interval``) and ``last.ckpt`` (``every_n_train_steps`` of the
+    checkpoint callbacks) every ``schedule.val_every`` / ``schedule.checkpoint_every`` steps scaled to the
+    total batch, like the LR and the other iteration counts (``make_module``).
+
+    Done on the instantiated trainer because its ``world_size`` is the one the LR is scaled with, whatever
+    ``trainer.devices`` says (``auto``, ``-1``, a list of ids): the config does not know it. A value set on
+    the command line other than the schedule's (``trainer.val_check_interval=0.5``, a checkpoint callback
+    with its own ``every_n_train_steps``) is left alone, and so is ``fast_dev_run``. None without a
+    schedule."""
+    schedule = cfg.get("schedule")
+    if schedule is None or schedule.get("val_every") is None:
+        return None
+    total = total_batch_size(cfg, trainer)
+    intervals = scale_intervals(
+        schedule.val_every, schedule.checkpoint_every, schedule.reference_batch_size, total
+    )
+    if trainer.fast_dev_run:
+        return intervals
+    interval = trainer.val_check_interval
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval == schedule.val_every:
+        # Lightning counts val_check_interval in training batches, the schedule in optimizer steps
+        trainer.val_check_interval = intervals.val_every * trainer.accumulate_grad_batches
+    for callback in trainer.callbacks:
+        every = getattr(callback, "_every_n_train_steps", None)
+        if isinstance(callback, ModelCheckpoint) and every == schedule.checkpoint_every:
+            callback._every_n_train_steps = intervals.checkpoint_every
+    log.info(
+        "total batch %d (schedule written for %d): validation every %d steps, last.ckpt every %d steps",
+        total,
+        schedule.reference_batch_size,
+        intervals.val_every,
+        intervals.checkpoint_every,
+    )
+    return intervals
 
 
 def make_module(cfg: DictConfig, model, trainer: pl.Trainer, results_dir: Path) -> DATNetModule:
     """The LightningModule with the schedule scaled to the trainer's total batch size."""
     schedule = cfg.schedule
-    total_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    total_batch = total_batch_size(cfg, trainer)
     recipe = scale_recipe(
         schedule.lr,
         schedule.max_steps,
@@ -147,10 +192,21 @@ def with_training_run_config(cfg: DictConfig, overrides: list[str]) -> DictConfi
     return cfg
 
 
+def for_checkpoint(cfg: DictConfig) -> DictConfig:
+    """``cfg`` whose backbone is built for a whole-model checkpoint (``weights=scratch``, the BatchNorm kind
+    and trainable stages of the original ``weights``): evaluating a checkpoint never looks for ImageNet
+    weights, and works offline."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.model.backbone = backbone_for_checkpoint(OmegaConf.to_container(cfg.model.backbone, resolve=True))
+    return cfg
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluates ``cfg.ckpt_path`` on ``cfg.split`` and reports METRICS."""
     if HydraConfig.initialized():
         cfg = with_training_run_config(cfg, list(HydraConfig.get().overrides.task))
+    cfg = for_checkpoint(cfg)
     out = output_dir(cfg)
     datamodule, model, trainer = build_components(cfg, with_callbacks=False)
     if trainer.is_global_zero:
