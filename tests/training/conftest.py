@@ -37,12 +37,12 @@ def shapes_overrides(tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture
-def run_script() -> Callable[[str, list[str]], subprocess.CompletedProcess]:
-    """``run_script(script, args)``: ``python <script> <args>`` as a user runs it, from the repository root,
-    W&B offline; it must succeed."""
+def run_script() -> Callable[..., subprocess.CompletedProcess]:
+    """``run_script(script, args, **env)``: ``python <script> <args>`` as a user runs it, from the repository
+    root, W&B offline, with ``env`` added to the environment; it must succeed."""
 
-    def run(script: str, args: list[str]) -> subprocess.CompletedProcess:
-        env = {**os.environ, "WANDB_MODE": "offline"}
+    def run(script: str, args: list[str], **env: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "WANDB_MODE": "offline", **env}
         out = subprocess.run(
             [sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
         )

@@ -1,16 +1,9 @@
 """The dataset root comes from the environment: ``DATNET_DATA_DIR`` sets ``paths.data_dir`` (default
 ``<repo>/data``), as ``DATNET_SHARED_DATA`` sets ``paths.shared_data_dir``."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import yaml
 
 from datnet.configs import PROJECT_ROOT, compose_config
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_data_dir_from_the_environment(monkeypatch, tmp_path):
@@ -25,16 +18,7 @@ def test_data_dir_from_the_environment(monkeypatch, tmp_path):
     assert compose_config([], config_name="train").paths.shared_data_dir == str(tmp_path / "shared")
 
 
-def test_train_cfg_job_shows_the_data_root():
-    env = {**os.environ, "DATNET_DATA_DIR": "/x"}
-    out = subprocess.run(
-        [sys.executable, "src/train.py", "data=coco", "--cfg", "job", "--resolve"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_train_cfg_job_shows_the_data_root(run_script):
+    out = run_script("src/train.py", ["data=coco", "--cfg", "job", "--resolve"], DATNET_DATA_DIR="/x")
     cfg = yaml.safe_load(out.stdout)
     assert cfg["data"]["root"] == "/x/coco" and cfg["paths"]["data_dir"] == "/x"

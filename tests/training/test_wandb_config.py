@@ -2,9 +2,6 @@
 overrides, so that runs filter by any hyperparameter."""
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +12,7 @@ from omegaconf import OmegaConf
 from datnet.configs import compose_config
 from datnet.training.loggers import resolved_config
 
-from .conftest import QUIET, REPO, TINY
+from .conftest import QUIET, TINY
 
 
 def wandb_records(path: Path) -> Iterator[Any]:
@@ -67,7 +64,7 @@ def test_resolved_config_outside_a_hydra_run():
     OmegaConf.create(config)  # a plain, complete tree
 
 
-def test_wandb_run_config_holds_the_resolved_config(tmp_path, shapes_overrides):
+def test_wandb_run_config_holds_the_resolved_config(tmp_path, shapes_overrides, run_script):
     overrides = [
         "experiment=demo",
         *[o for o in TINY if not o.startswith("logger=")],
@@ -78,16 +75,7 @@ def test_wandb_run_config_holds_the_resolved_config(tmp_path, shapes_overrides):
         f"paths.log_dir={tmp_path}/logs",
         f"hydra.run.dir={tmp_path}/run",
     ]
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
-    out = subprocess.run(
-        [sys.executable, "src/train.py", *overrides],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    run_script("src/train.py", overrides, WANDB_DIR=str(tmp_path))
     (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     config = saved_config(run)
     assert config["model"]["backbone"]["name"] == "resnet18"

@@ -242,12 +242,12 @@ class CocoDataModule(DetectionDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not Path(root).exists():
-            raise FileNotFoundError(
-                f"COCO root does not exist: {root} (expected: annotations/instances_{{train,val}}2017.json,"
-                " train2017/, val2017/ under it; set data.root or DATNET_DATA_DIR; see docs/datasets.md)"
-            )
-        self.root = Path(root)
+        self.root = require_path(
+            Path(root),
+            "COCO root",
+            "expected: annotations/instances_{train,val}2017.json, train2017/, val2017/ under it; "
+            "set data.root or DATNET_DATA_DIR; see docs/datasets.md",
+        )
         self.files: dict[str, tuple[Path, Path] | None] = {}
         for split, ann, img in (
             ("train", train_ann_file, train_img_dir),

@@ -151,8 +151,9 @@ def sanitize_box(
     return cx1, cy1, cx2, cy2
 
 
-def require_path(path: Path, what: str) -> Path:
-    """Fail at start-up (configuration error) when a configured file or directory does not exist."""
+def require_path(path: Path, what: str, hint: str = "") -> Path:
+    """Fail at start-up (configuration error) when a configured file or directory does not exist; ``hint``
+    (e.g. the expected layout) is added to the message in parentheses."""
     if not path.exists():
-        raise FileNotFoundError(f"{what} does not exist: {path}")
+        raise FileNotFoundError(f"{what} does not exist: {path}" + (f" ({hint})" if hint else ""))
     return path

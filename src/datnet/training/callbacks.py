@@ -144,9 +144,7 @@ class PredictionImageLogger(Callback):
             drawn["masks"] = F.interpolate(detection["masks"][keep], size=size, mode="bilinear").cpu()
         pixels = image[None].float() / (1.0 if image.is_floating_point() else 255.0)  # [0, 1] or uint8
         small = F.interpolate(pixels, size=size, mode="bilinear", antialias=True)[0]
-        picture = draw_detections(
-            (small * 255).round().clamp(0, 255).to(torch.uint8).cpu(), drawn, names, colors, 0.0
-        )
+        picture = draw_detections(small.cpu(), drawn, names, colors, 0.0)
         maps = []
         if "dt" in detection:
             maps += [
