@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test train eval predict ablation lint clean
+.PHONY: install test train eval predict browse ablation lint clean
 
 # `make train ARGS="model=heavy"` adds Hydra overrides; `make eval CKPT=path` evaluates another checkpoint.
 ARGS ?=
@@ -29,11 +29,18 @@ eval: $(STAMP)
 	@test -n "$(CKPT)" || { echo "no checkpoint: run 'make train' first or pass CKPT=path"; exit 2; }
 	$(PY) src/eval.py ckpt_path=$(CKPT) $(ARGS)
 
-# `make predict IMAGES="a.jpg dir/"` draws the last checkpoint's predictions (+ DT/semantic maps) into predictions/.
+# `make predict [CKPT=path] [IMAGES="a.jpg dir/"]` draws a run's predictions into predictions/ (model, data and
+# class names from that run's config), with COCO-format results; ARGS="--aux-maps" adds the DT/semantic maps.
 IMAGES ?= data/shapes/val2017
 predict: $(STAMP)
 	@test -n "$(CKPT)" || { echo "no checkpoint: run 'make train' first or pass CKPT=path"; exit 2; }
-	$(PY) scripts/predict.py --checkpoint $(CKPT) experiment=demo model.num_classes=4 --class-names circle square triangle --aux-maps $(IMAGES) --output-dir predictions $(ARGS)
+	$(PY) scripts/predict.py --checkpoint $(CKPT) $(IMAGES) --coco-json --output-dir predictions $(ARGS)
+
+# `make browse [DATA="data=coco data.root=/datasets/coco"] [ARGS="--num 16 --split val"]` draws augmented
+# training samples with their instances and DT/semantic targets into browse/ (default: the shapes data).
+DATA ?= experiment=demo
+browse: $(STAMP)
+	$(PY) scripts/browse_dataset.py $(DATA) --output-dir browse $(ARGS)
 
 # The real-data ablation of docs/results.md (Tables 2-3 arms x 3 seeds on the ../shared/data sets, CPU, ~1.5 h);
 # `make ablation ARGS="pennfudan"` runs one dataset.

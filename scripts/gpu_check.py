@@ -197,6 +197,7 @@ def train_overrides(ctx: Context, run_dir: Path) -> list[str]:
         "trainer.log_every_n_steps=1",
         f"paths.data_dir={ctx.work_dir.parent / 'data'}",
         *s.train_overrides,
+        "resume.auto=false",  # every part starts afresh in the one run_dir (no resume of the last part)
         f"hydra.run.dir={run_dir}",
     ]
 
@@ -346,18 +347,21 @@ def part_commands(ctx: Context) -> dict[str, Any]:
 
 
 def part_model_checks(ctx: Context) -> dict[str, Any]:
+    from datnet.models.auxiliary import dense_target_size
+
     device = ctx.settings.device
     result: dict[str, Any] = {}
     # an all-negative batch: no instance in any image, every DT/semantic pixel background
     model = build_model(ctx, "light").train()
     h, w = ctx.settings.min_size, ctx.settings.min_size * 3 // 2
     images = [torch.rand(3, h, w, device=device) for _ in range(2)]
+    aux_size = dense_target_size(h, w, model.auxiliary.loss_stride)
     empty = {
         "boxes": torch.zeros(0, 4, device=device),
         "labels": torch.zeros(0, dtype=torch.int64, device=device),
         "masks": torch.zeros(0, h, w, dtype=torch.uint8, device=device),
-        "dt": torch.zeros(-(-h // 4), -(-w // 4), dtype=torch.uint8, device=device),
-        "sem": torch.zeros(-(-h // 4), -(-w // 4), dtype=torch.uint8, device=device),
+        "dt": torch.zeros(aux_size, dtype=torch.uint8, device=device),
+        "sem": torch.zeros(aux_size, dtype=torch.uint8, device=device),
     }
     losses = training_step(model, sgd(model), images, [dict(empty), dict(empty)], device)
     grads = [p.grad for p in model.parameters() if p.grad is not None]

@@ -1,4 +1,10 @@
-"""Evaluate a checkpoint: ``python src/eval.py ckpt_path=PATH [experiment=demo] [split=val|test]``"""
+"""Evaluate one checkpoint (conf/eval.yaml), on ``split=val`` (default) or ``split=test``:
+
+- ``python src/eval.py ckpt_path=PATH``: a training run's checkpoint, with the run's saved model and data
+  configs (overrides on the command line apply on top);
+- ``python src/eval.py model=maskrcnn model.checkpoint=PATH data=coco``: instead, any whole-model state dict
+  for the model config given (ours, or torchvision's COCO detectors).
+"""
 
 import hydra
 from omegaconf import DictConfig

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from datnet.data.coco import load_coco
 from datnet.data.datamodule import CocoDataModule, VocDataModule
 from datnet.data.dataset import DetectionDataset, SkippedSample, collate
-from datnet.data.image_io import read_rgb
+from datnet.data.image_io import ImageLoadError, read_rgb
 from datnet.data.transforms import AugmentConfig, build_transforms
 from datnet.data.voc import load_voc
 
@@ -31,10 +34,24 @@ def test_missing_image_file_is_a_skipped_sample(coco_dir):
     ds = dataset(coco_dir)
     item = ds[1]
     assert isinstance(item, SkippedSample)
-    assert item.index == 1 and item.image_id == 2 and item.path == str(missing)
+    assert item.index == 1 and item.image_id == 2 and item.path == str(missing) and item.kind == "missing"
     assert "not found" in item.reason and str(missing) in item.reason
     images, targets, skipped = collate([ds[0], item])
     assert len(images) == len(targets) == 1 and skipped == [item]
+
+
+def test_skipped_sample_goes_through_workers_and_the_batch_transfer(coco_dir):
+    """What a loader worker pickles and Lightning's transfer to the device (the frozen dataclass it once was
+    made that transfer raise) both keep it as it is."""
+    coco_dir.image(1)
+    coco_dir.image(2, write=False)
+    ds = dataset(coco_dir)
+    batch = collate([ds[0], ds[1]])
+    moved = move_data_to_device(pickle.loads(pickle.dumps(batch)), torch.device("cpu"))
+    assert moved[2] == batch[2] and isinstance(moved[2][0], SkippedSample)
+    assert torch.equal(moved[0][0], batch[0][0])
+    error = pickle.loads(pickle.dumps(ImageLoadError("a.jpg: image file not found", "missing")))
+    assert str(error) == "a.jpg: image file not found" and error.kind == "missing"
 
 
 def test_truncated_jpeg_is_a_skipped_sample(coco_dir, tmp_path):
@@ -45,12 +62,22 @@ def test_truncated_jpeg_is_a_skipped_sample(coco_dir, tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     item = dataset(coco_dir)[0]
     assert isinstance(item, SkippedSample) and "cannot decode" in item.reason and str(path) in item.reason
+    assert item.kind == "unreadable"
 
 
 def test_garbage_bytes_image_is_a_skipped_sample(coco_dir):
     path = coco_dir.image(1)
     path.write_bytes(b"this is not an image")
-    assert isinstance(dataset(coco_dir)[0], SkippedSample)
+    item = dataset(coco_dir)[0]
+    assert isinstance(item, SkippedSample) and item.kind == "unreadable" and str(path) in item.reason
+
+
+def test_empty_image_file_is_a_skipped_sample(coco_dir):
+    path = coco_dir.image(1)
+    path.write_bytes(b"")
+    item = dataset(coco_dir)[0]
+    assert isinstance(item, SkippedSample) and item.kind == "empty"
+    assert item.reason == f"{path}: image file is empty (0 bytes)"
 
 
 @pytest.mark.parametrize("bbox", [[10, 10, 0, 5], [10, 10, 5, -3], [10, 10, -4, -4]])
@@ -163,7 +190,7 @@ def test_image_size_in_json_differing_from_file_is_a_skipped_sample(coco_dir):
     path = coco_dir.image(1, width=64, height=48, write=False)
     coco_dir.write_image(path, 50, 48)
     item = dataset(coco_dir)[0]
-    assert isinstance(item, SkippedSample)
+    assert isinstance(item, SkippedSample) and item.kind == "size_mismatch"
     assert "width=64" in item.reason and "50x48" in item.reason and str(path) in item.reason
 
 

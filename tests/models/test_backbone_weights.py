@@ -139,3 +139,29 @@ def test_whole_model_checkpoint_of_an_imagenet_run_loads_offline(tmp_path, monke
 
     cfg = for_checkpoint(compose_config(["experiment=table1/light_r50", "ckpt_path=x"], config_name="eval"))
     assert (cfg.model.backbone.weights, cfg.model.backbone.norm) == ("scratch", "frozen_bn")
+
+
+def test_stride_in_1x1_moves_each_stage_stride_into_its_first_1x1():
+    """Caffe2 / MSRA ResNet-50 (``R-50.pkl``): stride 2 in ``branch2a`` (conv1), not the 3x3 (conv2)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c2, _ = build_resnet_fpn_backbone("resnet50", weights="scratch", stride_in_1x1=True, out_channels=32)
+    for stage in (c2.body.layer2, c2.body.layer3, c2.body.layer4):
+        first = stage[0]
+        assert (first.conv1.stride, first.conv2.stride) == ((2, 2), (1, 1))
+        assert first.downsample[0].stride == (2, 2)
+    assert c2.body.layer1[0].conv1.stride == c2.body.layer1[0].conv2.stride == (1, 1)
+    pyramid = c2(torch.rand(1, 3, 64, 96))  # P2..P6 at strides 4..64, as with the stride in the 3x3
+    assert [tuple(f.shape[-2:]) for f in pyramid.values()] == [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
+    with pytest.raises(ValueError, match="stride_in_1x1=true needs bottleneck blocks"):
+        build_resnet_fpn_backbone("resnet18", weights="scratch", stride_in_1x1=True)
+
+
+def test_transform_options_are_checked():
+    from datnet.models import DATNetTransform, build_datnet
+
+    for bad, field in ((dict(pixel_range=256), "pixel_range"), (dict(channel_order="gbr"), "channel_order")):
+        with pytest.raises(ValueError, match=f"model.transform.{field}"):
+            DATNetTransform(64, 96, [0.5] * 3, [0.2] * 3, **bad)
+    with pytest.raises(ValueError, match="set model.transform.image_mean, not model.detector.image_mean"):
+        build_datnet(num_classes=3, backbone=dict(name="resnet18"), detector=dict(image_mean=[0, 0, 0]))

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from torchvision.models import resnet18
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from datnet.configs import compose_config
-from datnet.models import build_datnet
+from datnet.models import DATNetTransform, build_datnet, dense_focal_loss
 from datnet.models.mixed_precision import AutocastFrozenBatchNorm2d
 from datnet.paper_tables import TABLE7
 
-from .conftest import NUM_CLASSES, SMALL_DETECTOR, small_model
+from .conftest import NUM_CLASSES, SMALL_DETECTOR, make_target, small_model
 
 MASK_RCNN_LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,49 @@ def test_training_without_aux_targets_is_a_clear_error(batch):
     model = small_model("light").train()
     with pytest.raises(KeyError, match="'dt' map"):
         model(images, targets)
+
+
+def test_image_resolution_aux_loss_upsamples_the_logits_to_the_padded_image():
+    """loss_stride=1 (the paper presets): the DT head's stride-4 logits upsampled x4 to the padded batch
+    (bilinear) and eq. 2 over its pixels, against the pixel-level targets; the padding is ignored."""
+    torch.manual_seed(0)
+    model = small_model("maskrcnn", aux=dict(dt=True, seg=False, loss_stride=1), resize_images=False).train()
+    sizes = [(128, 160), (100, 140)]  # padded to 128x160 (multiples of 32)
+    images = [torch.rand(3, h, w) for h, w in sizes]
+    targets = []
+    for h, w in sizes:
+        target = make_target(h, w, with_aux=False)
+        target["dt"] = torch.randint(0, 4, (h, w), dtype=torch.uint8)
+        targets.append(target)
+    logits = []
+    model.auxiliary.heads["dt"].predictor.register_forward_hook(lambda m, i, o: logits.append(o))
+    losses = model(images, targets)
+    assert logits[0].shape[-2:] == (32, 40)
+    padded = torch.full((2, 128, 160), 255)
+    for i, (h, w) in enumerate(sizes):
+        padded[i, :h, :w] = targets[i]["dt"]
+    upsampled = F.interpolate(logits[0], size=(128, 160), mode="bilinear", align_corners=False)
+    expected = 0.25 * dense_focal_loss(upsampled, padded)
+    torch.testing.assert_close(losses["loss_dt"], expected)
+
+
+def test_aux_targets_of_another_stride_are_a_clear_error(batch):
+    """Stride-4 maps given to a model whose loss is at stride 1 are refused, never padded into place."""
+    model = small_model("light", aux=dict(loss_stride=1), resize_images=False).train()
+    with pytest.raises(ValueError, match="data.aux_stride must equal model.aux.loss_stride"):
+        model(*batch)
+    with pytest.raises(ValueError, match="model.aux.loss_stride"):
+        small_model("light", aux=dict(loss_stride=3))
+
+
+@pytest.mark.parametrize(("stride", "size"), [(1, (64, 96)), (4, (16, 24))])
+def test_transform_resizes_dense_targets_at_the_loss_stride(stride, size):
+    transform = DATNetTransform(64, 96, [0.0] * 3, [1.0] * 3, aux_stride=stride)
+    dense = torch.randint(0, 4, (-(-32 // stride), -(-48 // stride)), dtype=torch.uint8)
+    target = {"boxes": torch.zeros(0, 4), "dt": dense, "sem": dense.clone()}
+    _, (out,) = transform([torch.rand(3, 32, 48)], [target])
+    assert out["dt"].shape == out["sem"].shape == size and out["dt"].dtype == torch.uint8
+    assert set(out["dt"].unique().tolist()) <= set(dense.unique().tolist())
 
 
 @pytest.mark.parametrize("preset", ["maskrcnn", "light", "heavy"])

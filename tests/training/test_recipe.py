@@ -36,6 +36,33 @@ def test_warmup_then_step_decay():
     assert recipe.lr_factor(80) == pytest.approx(0.01)
 
 
+@pytest.mark.parametrize("schedule", ["1x", "2x", "voc"])
+def test_paper_schedules_are_maskrcnn_benchmarks_solver(schedule):
+    """Warm-up 500 iterations linear from 1/3 (WARMUP_ITERS, WARMUP_FACTOR), biases at 2x the LR without
+    weight decay (BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS), at the schedule's reference batch."""
+    s = compose_config([f"+schedule={schedule}"]).schedule
+    recipe = scale_recipe(
+        s.lr,
+        s.max_steps,
+        list(s.milestones),
+        s.warmup_steps,
+        s.reference_batch_size,
+        s.reference_batch_size,
+        s.warmup_factor,
+        s.gamma,
+        s.bias_lr_factor,
+        s.bias_weight_decay,
+    )
+    assert [recipe.lr_factor(k) for k in (0, 250, 500)] == pytest.approx([1 / 3, 2 / 3, 1])
+    assert (recipe.bias_lr_factor, recipe.bias_weight_decay) == (2.0, 0.0)
+
+
+def test_cpu_schedules_keep_biases_like_weights():
+    for experiment in ("demo", "ablation/pennfudan"):
+        s = compose_config([f"experiment={experiment}"], config_name="train").schedule
+        assert (s.bias_lr_factor, s.bias_weight_decay) == (1.0, None)
+
+
 @pytest.mark.parametrize(
     ("total", "val_every", "checkpoint_every"), [(2, 80000, 40000), (16, 10000, 5000), (128, 1250, 625)]
 )
@@ -83,3 +110,5 @@ def test_trainer_and_checkpoint_get_the_scaled_intervals(tmp_path, devices, val_
     module = make_module(cfg, model, trainer, tmp_path / "results")
     assert trainer.max_steps / trainer.val_check_interval == 9  # 9 validations, as at 16 images per step
     assert module.recipe.max_steps == trainer.max_steps
+    assert module.recipe.warmup_steps == 500 * 16 // (2 * devices)  # scaled like every iteration count
+    assert (module.recipe.bias_lr_factor, module.recipe.bias_weight_decay) == (2.0, 0.0)

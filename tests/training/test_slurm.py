@@ -60,3 +60,5 @@ def test_slurm_launcher_for_8_gpus_x_4_nodes(tmp_path: Path, monkeypatch):
     ]:
         assert line in script, line
     assert "srun" in script and "python src/train.py model=heavy" in script
+    # the warning before the time limit is the signal that the run writes last.ckpt and requeues at
+    assert f"#SBATCH --signal={cfg.resume.requeue_signal}@{launcher['signal_delay_s']}" in script

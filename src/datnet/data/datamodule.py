@@ -20,12 +20,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, get_worker_info
 
+from datnet.data.aux_targets import check_stride
 from datnet.data.coco import load_coco
 from datnet.data.coco_gt import records_to_coco
 from datnet.data.dataset import DetectionDataset, collate
 from datnet.data.instance_png import load_pennfudan, load_voc_instseg
 from datnet.data.records import Category, SourceData, require_path
-from datnet.data.samplers import InferenceSampler, training_batch_sampler
+from datnet.data.samplers import InferenceSampler, ResumableLoader, training_batch_sampler
 from datnet.data.shapes import ensure_shapes
 from datnet.data.transforms import AugmentConfig, build_transforms
 from datnet.data.voc import VOC_CLASSES, load_voc
@@ -57,8 +58,13 @@ class DetectionDataModule(pl.LightningDataModule):
         min_size, max_size: short side / long-side cap of the resize (Sec. 4: 800 / 1333).
         multiscale: draw the training short side from `multiscale_range`, long side <= `multiscale_max_size`.
         hflip_prob, color_jitter: training augmentation strengths (0 disables).
-        aspect_ratio_group_factor: torchvision-style aspect-ratio bins for training batches (0: no grouping).
-        aux_stride: stride of the dense auxiliary targets (4 = P2).
+        aspect_ratio_group_factor: aspect-ratio groups of the training batches (k of
+            `samplers.aspect_ratio_groups`: k > 0 torchvision's 2k+1 bins, 0 maskrcnn-benchmark's landscape /
+            portrait, -1 no grouping).
+        remove_images_without_annotations: leave the training images without any annotation out, counted
+            (maskrcnn-benchmark, torchvision references); evaluation splits keep every image.
+        aux_stride: stride of the dense auxiliary targets; the configs set it to `model.aux.loss_stride`
+            (1: per pixel, the paper; 4: the heads' P2 grid).
         seed: shuffling seed (the epoch is added by `set_epoch`).
         pin_memory: DataLoader pin_memory (page-locked batches for fast, asynchronous copies to a GPU): True,
             False, or "auto": True when the batches go to a CUDA device (the trainer's root device; without a
@@ -81,6 +87,7 @@ class DetectionDataModule(pl.LightningDataModule):
         aux_stride: int = 4,
         seed: int = 0,
         pin_memory: bool | str = "auto",
+        remove_images_without_annotations: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(pin_memory, bool) and pin_memory != "auto":
@@ -90,8 +97,10 @@ class DetectionDataModule(pl.LightningDataModule):
             min_size, max_size, multiscale, (lo, hi), multiscale_max_size, hflip_prob, color_jitter
         )
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        check_stride(aux_stride)
         self.aspect_ratio_group_factor, self.aux_stride = aspect_ratio_group_factor, aux_stride
         self.seed, self.pin_memory = seed, pin_memory
+        self.remove_images_without_annotations = remove_images_without_annotations
         self._sources: dict[str, SourceData | None] = {}
         self._datasets: dict[str, DetectionDataset] = {}
 
@@ -150,6 +159,7 @@ class DetectionDataModule(pl.LightningDataModule):
                 categories=self.categories,
                 aux_stride=self.aux_stride,
                 use_difficult=self.use_difficult,
+                remove_images_without_annotations=split == "train" and self.remove_images_without_annotations,
             )
         return self._datasets[split]
 
@@ -187,7 +197,10 @@ class DetectionDataModule(pl.LightningDataModule):
         return torch.cuda.is_available()
 
     def _loader(self, split: str, batch_sampler: BatchSampler, rank: int) -> DataLoader:
-        return DataLoader(
+        """The split's loader; the training one keeps its position in the epoch in checkpoints
+        (`ResumableLoader`: a run resumed mid-epoch continues that epoch's batches)."""
+        loader = ResumableLoader if split == "train" else DataLoader
+        return loader(
             self.dataset(split),
             batch_sampler=batch_sampler,
             num_workers=self.num_workers,

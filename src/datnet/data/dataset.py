@@ -9,20 +9,21 @@ An item is `(image, target)`:
   (`datnet.data.masks.pack_masks`; for box-only data the filled box, paper Sec. 4.4), unpacked to the uint8
   NxHxW `masks` by the model's transform; `image_id` int (original dataset id); `orig_size` int64
   [H0, W0] of the file; `area` float32 N (mask pixels in `image`); `iscrowd` int64 N (zeros: crowd regions are
-  never instances); `dt`, `sem` uint8 (ceil(H/4), ceil(W/4)) dense auxiliary targets of Sec. 3.1 with 255 =
-  ignore (see `aux_targets`). Unannotated data (COCO test-dev) has no instances and all-ignore `dt`/`sem`.
+  never instances); `dt`, `sem` uint8 (ceil(H/s), ceil(W/s)) dense auxiliary targets of Sec. 3.1 at the
+  stride s = `aux_stride` of the auxiliary loss (1: per pixel, the paper presets), with 255 = ignore (see
+  `aux_targets`). Unannotated data (COCO test-dev) has no instances and all-ignore `dt`/`sem`.
 
 uint8 images and packed masks make a sample about a fifth of the bytes of float32 images with uint8 masks
 (`scripts/bench_data.py`: what workers pickle and the host copies to the device).
 
-An image that cannot be read yields a `SkippedSample` instead of raising; `collate` drops those.
+An image that cannot be read yields a `SkippedSample` instead of raising; `collate` sets those apart, and the
+training module trains on the rest of the batch and counts them (`datnet.training.module`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import albumentations as A
 import cv2
@@ -39,12 +40,16 @@ from datnet.data.transforms import apply_transforms, image_to_uint8_tensor
 Sample = tuple[torch.Tensor, dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class SkippedSample:
-    """Stands in for an item whose image could not be loaded; `reason` names the file and the problem."""
+class SkippedSample(NamedTuple):
+    """Stands in for an item whose image could not be loaded: `kind` is one of
+    `datnet.data.image_io.IMAGE_PROBLEMS`, `reason` names the file and the problem.
+
+    A named tuple of plain values, so that it goes through loader workers, `pin_memory` and Lightning's
+    transfer of the batch to the device unchanged (which reject frozen dataclasses)."""
 
     index: int
     path: str
+    kind: str
     reason: str
     image_id: int | None = None
 
@@ -71,8 +76,12 @@ class DetectionDataset(Dataset):
         transforms: albumentations pipeline from `build_transforms`.
         categories: the label space (label k = categories[k-1]); defaults to the source's own categories. Pass
             the training split's list to the other splits so that labels agree.
-        aux_stride: stride of the dense auxiliary targets (4: the P2 resolution of the aux heads).
+        aux_stride: stride of the dense auxiliary targets, that of the auxiliary loss (1: per pixel, the
+            paper's image-resolution loss; 4: the heads' P2 resolution, targets sampled at cell centres).
         use_difficult: train on VOC `difficult` objects instead of treating them as ignore regions.
+        remove_images_without_annotations: leave out the images without any annotation wider and taller
+            than 1 px (crowd and ignore regions count), counted as `image_without_annotations`: the training
+            set of maskrcnn-benchmark's `COCODataset`, the paper's code (and of torchvision's references).
 
     `records` holds the split's cleaned records serialised (`SerializedRecords`), so that loader workers share
     them with the main process instead of copying them; the records are moved out of `source`, which is left
@@ -86,6 +95,7 @@ class DetectionDataset(Dataset):
         categories: list[Category] | None = None,
         aux_stride: int = 4,
         use_difficult: bool = False,
+        remove_images_without_annotations: bool = False,
     ) -> None:
         records: list[ImageRecord] = source.records
         self.categories = list(categories if categories is not None else source.categories)
@@ -98,6 +108,8 @@ class DetectionDataset(Dataset):
         self.use_difficult = use_difficult
         self.skip_counts: Counter[str] = source.skips.counts
         self._drop_unknown_categories(records, source)
+        if remove_images_without_annotations:
+            records = self._drop_images_without_annotations(records, source)
         source.skips.log_summary()
         self.records = SerializedRecords(records)
         source.records = []  # moved, not copied: no Python copy stays alive for forked workers to copy
@@ -116,6 +128,22 @@ class DetectionDataset(Dataset):
                     )
             rec.instances = kept
 
+    @staticmethod
+    def _drop_images_without_annotations(records: list[ImageRecord], source: SourceData) -> list[ImageRecord]:
+        """The records with an annotation wider and taller than 1 px; the others are counted and left out."""
+        kept = []
+        for rec in records:
+            if any(i.bbox[2] - i.bbox[0] > 1 and i.bbox[3] - i.bbox[1] > 1 for i in rec.instances):
+                kept.append(rec)
+            else:
+                source.skips.add("image_without_annotations", f"{rec.path} (image_id={rec.image_id})")
+        if not kept:
+            raise ValueError(
+                f"{source.skips.source}: no image has annotations (set data.remove_images_without_annotations"
+                "=false to train on negatives only)"
+            )
+        return kept
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -132,7 +160,7 @@ class DetectionDataset(Dataset):
         try:
             image = read_rgb(rec.path, (rec.width, rec.height))
         except ImageLoadError as e:
-            return SkippedSample(index, str(rec.path), str(e), rec.image_id)
+            return SkippedSample(index, str(rec.path), e.kind, str(e), rec.image_id)
 
         objects = [i for i in rec.instances if not self.is_ignore_region(i)]
         ignored = [i for i in rec.instances if self.is_ignore_region(i)]

@@ -7,9 +7,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+IMAGE_PROBLEMS = ("missing", "empty", "unreadable", "size_mismatch")
+
 
 class ImageLoadError(Exception):
-    """An image file that cannot be used (missing, unreadable, truncated, or not the annotated size)."""
+    """An image file that cannot be used; `kind` (one of `IMAGE_PROBLEMS`) says why: the file does not exist,
+    is empty, cannot be decoded (truncated, not an image, unsupported mode, unreadable), or is not the size
+    that its annotation says."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple:  # picklable (e.g. out of a loader worker) with its kind
+        return type(self), (str(self), self.kind)
 
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -45,11 +56,14 @@ def read_rgb(path: Path, expected_size: tuple[int, int] | None = None) -> np.nda
             if expected_size is not None and img.size != tuple(expected_size):
                 raise ImageLoadError(
                     f"{path}: image is {img.size[0]}x{img.size[1]} but the annotation says "
-                    f"width={expected_size[0]}, height={expected_size[1]}"
+                    f"width={expected_size[0]}, height={expected_size[1]}",
+                    "size_mismatch",
                 )
             img.load()
             return to_rgb_array(img)
     except FileNotFoundError as e:
-        raise ImageLoadError(f"{path}: image file not found") from e
+        raise ImageLoadError(f"{path}: image file not found", "missing") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(f"{path}: cannot decode image ({e})") from e
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise ImageLoadError(f"{path}: image file is empty (0 bytes)", "empty") from e
+        raise ImageLoadError(f"{path}: cannot decode image ({e})", "unreadable") from e

@@ -19,11 +19,14 @@ from datnet.evaluation.coco_metrics import (
     PROPOSAL_MAX_DETS,
     IouType,
     RecallCounts,
-    detection_metrics,
+    evaluate_detections,
     proposal_recall_counts,
+    summary_metrics,
 )
 from datnet.evaluation.coco_results import ImageResults, ResultKind
 from datnet.evaluation.distributed import broadcast_from_rank0, gather_to_rank0, rank_and_world_size
+from datnet.evaluation.per_class import ClassPrecision, PerClassTable
+from datnet.evaluation.plots import confusion_matrix, write_confusion_matrix, write_pr_curves
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,7 @@ class CocoEvaluator:
                 f"label_to_category_id maps to category ids {sorted(unknown_categories)} absent from GT"
             )
         self._image_results: dict[int, ImageResults] = {}
+        self._class_precision: dict[IouType, ClassPrecision] = {}
 
     @property
     def max_proposals(self) -> int:
@@ -107,6 +111,7 @@ class CocoEvaluator:
     def reset(self) -> None:
         """Forget all accumulated predictions."""
         self._image_results = {}
+        self._class_precision = {}
 
     @property
     def image_ids(self) -> list[int]:
@@ -188,6 +193,32 @@ class CocoEvaluator:
                 file.write("]")
         return paths
 
+    def per_class_table(self) -> PerClassTable | None:
+        """Box and mask AP and AP50 of every category, from the evaluation of the last :meth:`compute`
+        (on rank 0 under torch.distributed); None before it, or without ground-truth objects."""
+        if not self._class_precision:
+            return None
+        return PerClassTable.build(self.coco_gt, self._class_precision, self.image_ids)
+
+    def write_reports(self, output_dir: str | Path) -> PerClassTable | None:
+        """Write into ``output_dir``, after :meth:`compute` (on rank 0 under torch.distributed): the
+        per-category table (``per_class_ap.csv``, ``per_class_ap.md``) and, for each IoU type, the
+        precision-recall curves (``pr_curves_{iou_type}.json``/``.png``) and the confusion matrix
+        (``confusion_matrix_{iou_type}.csv``/``.png``; see ``datnet.evaluation.plots``). Return the table;
+        write nothing and return None when there was nothing to score (no ground-truth objects)."""
+        table = self.per_class_table()
+        if table is None:
+            return None
+        output_dir = Path(output_dir)
+        written = table.write(output_dir)
+        names = {cat_id: cat["name"] for cat_id, cat in self.coco_gt.cats.items()}
+        for iou_type, precision in self._class_precision.items():
+            written += write_pr_curves(precision, names, iou_type, output_dir)
+            matrix, labels = confusion_matrix(self.coco_gt, self.results(iou_type), iou_type, self.image_ids)
+            written += write_confusion_matrix(matrix, labels, iou_type, output_dir)
+        logger.info("evaluation reports written: %s", ", ".join(str(path) for path in written))
+        return table
+
     def _proposal_recall(self) -> dict[str, float]:
         """Proposal recall of the accumulated images, summed over chunks of images of at most
         PROPOSAL_RECORDS_PER_CHUNK proposals (so that COCOeval never holds all of them at once)."""
@@ -209,8 +240,12 @@ class CocoEvaluator:
     def _metrics(self) -> dict[str, float]:
         """The metrics of the images accumulated on this process (see :meth:`compute`)."""
         metrics = {}
+        self._class_precision = {}
         for iou_type in self.iou_types:
-            metrics.update(detection_metrics(self.coco_gt, self.results(iou_type), iou_type, self.image_ids))
+            coco_eval = evaluate_detections(self.coco_gt, self.results(iou_type), iou_type, self.image_ids)
+            metrics.update(summary_metrics(coco_eval, iou_type))
+            if coco_eval is not None:
+                self._class_precision[iou_type] = ClassPrecision.from_cocoeval(coco_eval)
         if self.evaluate_proposals:
             metrics.update(self._proposal_recall())
         return metrics

@@ -63,20 +63,35 @@ def _evaluate(
     return coco_eval
 
 
-def detection_metrics(
+def evaluate_detections(
     coco_gt: COCO, results: list[dict], iou_type: IouType, image_ids: Sequence[int]
-) -> dict[str, float]:
-    """COCO AP, AP50, AP75 and AP for small/medium/large objects of ``results`` (box records for
-    ``"bbox"``, RLE records without ``bbox`` for ``"segm"``) on ``image_ids``, keyed ``"{iou_type}/AP"``...
+) -> COCOeval_faster | None:
+    """COCOeval of ``results`` (box records for ``"bbox"``, RLE records without ``bbox`` for ``"segm"``) on
+    ``image_ids``, per category, evaluated and accumulated: its ``eval["precision"]`` feeds both
+    :func:`summary_metrics` and the per-category report (``datnet.evaluation.per_class``). None when there
+    is nothing to evaluate.
 
     The records are modified (``COCO.loadRes`` adds ``id``, ``area``...): pass fresh ones.
     """
-    coco_eval = _evaluate(coco_gt, results, iou_type, image_ids)
+    return _evaluate(coco_gt, results, iou_type, image_ids)
+
+
+def summary_metrics(coco_eval: COCOeval_faster | None, iou_type: IouType) -> dict[str, float]:
+    """COCO AP, AP50, AP75 and AP for small/medium/large objects of an accumulated COCOeval (all ``nan``
+    for None), keyed ``"{iou_type}/AP"``..."""
     if coco_eval is None:
         return {f"{iou_type}/{name}": math.nan for name in DETECTION_METRICS}
     coco_eval.summarize()
     stats = coco_eval.stats_as_dict
     return {f"{iou_type}/{name}": _undefined_to_nan(stats[key]) for name, key in DETECTION_METRICS.items()}
+
+
+def detection_metrics(
+    coco_gt: COCO, results: list[dict], iou_type: IouType, image_ids: Sequence[int]
+) -> dict[str, float]:
+    """COCO AP, AP50, AP75 and AP for small/medium/large objects of ``results`` on ``image_ids`` (see
+    :func:`evaluate_detections` and :func:`summary_metrics`)."""
+    return summary_metrics(evaluate_detections(coco_gt, results, iou_type, image_ids), iou_type)
 
 
 @dataclass

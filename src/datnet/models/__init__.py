@@ -2,7 +2,8 @@
 
 from datnet.models.aux_heads import DenseAuxHead, DistanceTransformHead, SemanticHead
 from datnet.models.auxiliary import DenseAuxiliaryTasks
-from datnet.models.build import build_datnet, load_model_checkpoint
+from datnet.models.build import build_datnet
+from datnet.models.checkpoint import CheckpointReport, load_model_checkpoint
 from datnet.models.compile import compile_dense_
 from datnet.models.datnet import DATNet, DATNetTransform
 from datnet.models.fold_bn import fold_batchnorm_
@@ -11,6 +12,7 @@ from datnet.models.losses import dense_focal_loss
 from datnet.models.mspwa import MaxSqueezeExcitation, MultiScaleAttentionPooler
 
 __all__ = [
+    "CheckpointReport",
     "DATNet",
     "DATNetTransform",
     "DenseAuxHead",

@@ -1,35 +1,55 @@
 """The dense auxiliary branch of Fig. 2b: DT and semantic heads, their losses, and feature fusion."""
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from datnet.models.aux_heads import DenseAuxHead
+from datnet.models.aux_heads import HEAD_STRIDE, DenseAuxHead
 from datnet.models.fusion import FeatureFusion
-from datnet.models.losses import dense_focal_loss
+from datnet.models.losses import dense_focal_loss, upsample_logits
+
+LOSS_STRIDES = (1, 2, 4)
+"""``model.aux.loss_stride`` values: the strides that divide the heads' stride 4 (1: the image, the paper)."""
+
+
+def dense_target_size(height: int, width: int, stride: int) -> tuple[int, int]:
+    """Size of the stride-``stride`` target grid of an ``height x width`` image: ``(ceil(H/s), ceil(W/s))``,
+    as the data pipeline computes it (``datnet.data.aux_targets.grid_shape``)."""
+    return -(-height // stride), -(-width // stride)
 
 
 def batch_dense_targets(
-    targets: list[dict[str, Tensor]], key: str, size: torch.Size, ignore_index: int
+    targets: list[dict[str, Tensor]],
+    key: str,
+    image_sizes: Sequence[tuple[int, int]],
+    padded_size: Sequence[int],
+    stride: int,
+    ignore_index: int,
 ) -> Tensor:
-    """Stack per-image stride-4 target maps into ``(B, H, W)``, the padding filled with ``ignore_index``."""
+    """Stack per-image stride-``stride`` target maps into ``(B, ceil(H/s), ceil(W/s))`` of the padded batch
+    ``padded_size`` (H, W), the padding filled with ``ignore_index``. Each image's map must have the size of
+    its image (``image_sizes``) at that stride: a map of another stride is an error, never padded."""
+    size = dense_target_size(*padded_size, stride)
     batch = torch.full(
         (len(targets), *size), ignore_index, dtype=torch.long, device=targets[0]["boxes"].device
     )
-    for i, target in enumerate(targets):
+    for i, (target, image_size) in enumerate(zip(targets, image_sizes, strict=True)):
         if key not in target:
             raise KeyError(
                 f"target {i} has no {key!r} map: the auxiliary {key} head is enabled, so the data pipeline "
                 "must compute dense auxiliary targets"
             )
         dense = target[key]
-        h, w = dense.shape[-2:]
-        if h > size[0] or w > size[1]:
+        expected = dense_target_size(*image_size, stride)
+        if tuple(dense.shape[-2:]) != expected:
             raise ValueError(
-                f"target {i} {key!r} map is {h}x{w}, larger than the head's output {tuple(size)}"
+                f"target {i} {key!r} map is {tuple(dense.shape[-2:])}; the auxiliary loss at "
+                f"model.aux.loss_stride={stride} needs {expected} for its {tuple(image_size)} image: "
+                "the data pipeline's data.aux_stride must equal model.aux.loss_stride"
             )
-        batch[i, :h, :w] = dense
+        batch[i, : expected[0], : expected[1]] = dense
     return batch
 
 
@@ -39,6 +59,12 @@ class DenseAuxiliaryTasks(nn.Module):
 
     ``heads`` maps a target key (``"dt"``, ``"sem"``) to its head, ``weights`` the same keys to the loss
     weights. Logits are computed only when a loss is (or when maps are asked for), never otherwise.
+
+    ``loss_stride`` is where eqs. 1-2 are evaluated. 1 (the paper): the heads' stride-4 logits are upsampled
+    x4 (bilinear, ``upsample_logits``) to the padded image and the loss averages over its pixels, against
+    pixel-level targets. 4: the loss is taken on the logits as they are, against targets sampled at the
+    cells' centres (``datnet.data.aux_targets``): the same loss subsampled at one pixel per cell, 16x less
+    memory and arithmetic for the loss. Either way the ignore label is excluded from the average.
     """
 
     LOSS_NAMES = {"dt": "loss_dt", "sem": "loss_seg"}
@@ -51,22 +77,40 @@ class DenseAuxiliaryTasks(nn.Module):
         background_alpha: float = 0.2,
         gamma: float = 2.0,
         ignore_index: int = 255,
+        loss_stride: int = HEAD_STRIDE,
     ) -> None:
         super().__init__()
         if not heads:
             raise ValueError("DenseAuxiliaryTasks needs at least one head")
+        if loss_stride not in LOSS_STRIDES:
+            raise ValueError(
+                f"model.aux.loss_stride must be one of {LOSS_STRIDES} (1: image resolution, the paper; "
+                f"4: the heads' stride); got {loss_stride!r}"
+            )
         self.heads = nn.ModuleDict(heads)
         self.fusion = fusion
         self.weights = dict(weights)
         self.background_alpha = background_alpha
         self.gamma = gamma
         self.ignore_index = ignore_index
+        self.loss_stride = loss_stride
 
-    def batch_targets(self, targets: list[dict[str, Tensor]], size: torch.Size) -> dict[str, Tensor]:
-        """Every enabled head's per-image target maps stacked to ``(B, *size)`` (``size``: the heads' logits,
-        stride 4 of the padded batch), the padding ignored. Done before ``forward``, outside any compiled
-        graph, so that the per-image loop is never traced."""
-        return {key: batch_dense_targets(targets, key, size, self.ignore_index) for key in self.heads}
+    def batch_targets(
+        self,
+        targets: list[dict[str, Tensor]],
+        image_sizes: Sequence[tuple[int, int]],
+        padded_size: Sequence[int],
+    ) -> dict[str, Tensor]:
+        """Every enabled head's per-image target maps (at ``loss_stride`` of images of ``image_sizes``)
+        stacked to ``(B, ceil(H/s), ceil(W/s))`` of the padded batch ``padded_size`` (H, W), the padding
+        ignored. Done before ``forward``, outside any compiled graph, so that the per-image loop is never
+        traced."""
+        return {
+            key: batch_dense_targets(
+                targets, key, image_sizes, padded_size, self.loss_stride, self.ignore_index
+            )
+            for key in self.heads
+        }
 
     def forward(
         self,
@@ -83,8 +127,14 @@ class DenseAuxiliaryTasks(nn.Module):
             for key, head in self.heads.items():
                 logits = head.predict(aux_features[key])
                 if targets is not None:
+                    target = targets[key]
+                    scores = (
+                        logits
+                        if self.loss_stride == HEAD_STRIDE
+                        else upsample_logits(logits, target.shape[-2:])
+                    )
                     loss = dense_focal_loss(
-                        logits, targets[key], self.background_alpha, self.gamma, self.ignore_index
+                        scores, target, self.background_alpha, self.gamma, self.ignore_index
                     )
                     losses[self.LOSS_NAMES[key]] = self.weights[key] * loss
                 if return_maps:

@@ -8,7 +8,9 @@
   where there is a network, as torchvision does; where the file can be had neither way the build stops at
   once with an error saying where it looked and what else to pass;
 - ``scratch``: random initialisation (trainable BatchNorm, every stage trained), with a warning;
-- a local path to a torchvision-format state dict.
+- a local path to a torchvision-format state dict (``scripts/convert_c2_weights.py`` writes one from
+  maskrcnn-benchmark's Caffe2 ImageNet pickles, ``R-50.pkl``, which put the stride of each stage in the first
+  1x1 convolution: ``stride_in_1x1=True``).
 """
 
 import os
@@ -130,17 +132,33 @@ def backbone_for_checkpoint(backbone: Mapping[str, Any]) -> dict[str, Any]:
     return backbone
 
 
+def move_stride_to_1x1_(stage: nn.Sequential) -> None:
+    """Moves the stride of ``stage``'s first bottleneck from its 3x3 convolution (torchvision, "ResNet v1.5")
+    to its first 1x1 convolution (MSRA's original ResNet, Caffe2 and maskrcnn-benchmark's
+    ``STRIDE_IN_1X1``); the weights are unchanged, only where the subsampling happens. In place."""
+    block = stage[0]
+    if not hasattr(block, "conv3"):
+        raise ValueError(
+            "model.backbone.stride_in_1x1=true needs bottleneck blocks (resnet50, resnet101, resnext*); "
+            f"got {type(block).__name__}"
+        )
+    block.conv1.stride, block.conv2.stride = block.conv2.stride, block.conv1.stride
+
+
 def build_resnet_fpn_backbone(
     name: str = "resnet50",
     weights: str = SCRATCH,
     norm: str = "auto",
     trainable_layers: int | None = None,
     out_channels: int = 256,
+    stride_in_1x1: bool = False,
 ) -> tuple[BackboneWithFPN, dict[str, torch.Tensor]]:
     """ResNet-FPN with ``P6 = maxpool_stride2(P5)`` as in torchvision's Mask R-CNN.
 
     ``out_channels`` is the pyramid width (256 in the paper and torchvision); a narrower pyramid makes every
     head that works on it (auxiliary heads, RPN, MSPwA, ROI heads) proportionally cheaper, for CPU runs.
+    ``stride_in_1x1`` subsamples in the first 1x1 convolution of each stage (``move_stride_to_1x1_``), as the
+    Caffe2 ``R-50.pkl`` weights were trained (maskrcnn-benchmark's ResNet-50 default, the paper's start).
 
     ``weights``: ``imagenet``, ``scratch`` or a local path (module docstring).
     Returns the backbone and the ImageNet state of its stage 5 (empty from scratch), used to initialise
@@ -153,6 +171,9 @@ def build_resnet_fpn_backbone(
     # the file first: a missing one stops the run before anything is built
     state = load_imagenet_state_dict(name) if weights == IMAGENET else None
     net = get_model(name, weights=None, norm_layer=resolve_norm(norm, weights))
+    if stride_in_1x1:
+        for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+            move_stride_to_1x1_(stage)
     stage5_state: dict[str, torch.Tensor] = {}
     if pretrained:
         if state is None:

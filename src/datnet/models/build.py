@@ -14,14 +14,16 @@ from datnet.models.backbone import (
     SCRATCH,
     backbone_for_checkpoint,
     build_resnet_fpn_backbone,
-    load_state_dict_file,
+    move_stride_to_1x1_,
     resolve_norm,
 )
+from datnet.models.checkpoint import load_model_checkpoint
 from datnet.models.datnet import DATNet
 from datnet.models.fusion import FeatureFusion
 from datnet.models.mixed_precision import use_float32_box_geometry_
 from datnet.models.mspwa import MultiScaleAttentionPooler
 from datnet.models.roi_feature_extractors import build_box_head, build_res5
+from datnet.models.rpn import BatchTopNRegionProposalNetwork
 
 POOLED_LEVELS = ["0", "1", "2", "3"]
 MASK_HEADS = ("fpn", "res5", "none")
@@ -50,10 +52,13 @@ def build_auxiliary(
     background_alpha: float = 0.2,
     gamma: float = 2.0,
     ignore_index: int = 255,
+    loss_stride: int = 4,
     fusion: str = "sum",
     channels: int = 256,
 ) -> DenseAuxiliaryTasks | None:
-    """The auxiliary branch for the enabled heads, or ``None`` when both are off (plain Mask R-CNN)."""
+    """The auxiliary branch for the enabled heads, or ``None`` when both are off (plain Mask R-CNN).
+    ``loss_stride``: 1 takes the auxiliary loss at the image's resolution (the paper presets), 4 at the
+    heads' (``DenseAuxiliaryTasks``)."""
     heads = {}
     if dt:
         heads["dt"] = DistanceTransformHead(dt_bins, channels)
@@ -70,6 +75,7 @@ def build_auxiliary(
         background_alpha,
         gamma,
         ignore_index,
+        loss_stride,
     )
 
 
@@ -86,6 +92,8 @@ def build_datnet(
     sampling_ratio: int = 2,
     resize_images: bool = True,
     checkpoint: str | None = None,
+    checkpoint_strict: bool = True,
+    transform: Mapping[str, Any] | None = None,
     detector: Mapping[str, Any] | None = None,
 ) -> DATNet:
     """DATNet from config values.
@@ -95,10 +103,15 @@ def build_datnet(
     one res5 shared by the box and mask branches; the mask is a deconv + 1x1 conv giving 14x14.
     All off (``aux.dt=aux.seg=false, pooler=fpn, box_head=2fc, mask_head=fpn``) is torchvision's Mask R-CNN.
     ``detector`` passes torchvision ``MaskRCNN`` keyword arguments (``min_size``,
-    ``box_batch_size_per_image``, ...). ``backbone["weights"]`` is ``imagenet``, ``scratch`` (the default
-    here) or a local path (``datnet.models.backbone``). ``checkpoint`` loads a whole-model state dict
-    (strict) from a local file; the backbone is then built from scratch, with the BatchNorm kind that
-    ``weights`` implies.
+    ``box_batch_size_per_image``, ...), and ``rpn_post_nms_per_batch``: the RPN's training top N counts over
+    the batch (``datnet.models.rpn``). ``backbone["weights"]`` is ``imagenet``, ``scratch`` (the default
+    here) or a local path (``datnet.models.backbone``); ``backbone["stride_in_1x1"]`` moves each stage's
+    stride into its first 1x1 convolution (Caffe2 weights), in the backbone and in a res5 head alike.
+    ``transform`` sets the input normalisation: ``image_mean``, ``image_std``, ``pixel_range`` (1 or 255)
+    and ``channel_order`` (``rgb`` or ``bgr``) (``DATNetTransform``). ``checkpoint`` loads a whole-model
+    state dict from a local file (``datnet.models.checkpoint``: strictly, or with ``checkpoint_strict=False``
+    every matching tensor, logging the others); the backbone is then built from scratch, with the BatchNorm
+    kind that ``weights`` implies.
     """
     backbone_cfg = dict(backbone or {})
     if checkpoint:  # every weight comes from the checkpoint: no ImageNet file is looked for
@@ -112,6 +125,8 @@ def build_datnet(
     channels = fpn.out_channels
     box_pool, pooled_channels = build_pooler(pooler, box_pool_size, sampling_ratio, channels)
     res5 = build_res5(arch, pooled_channels, norm_layer, stage5_state) if box_head == "res5" else None
+    if res5 is not None and backbone_cfg.get("stride_in_1x1", False):
+        move_stride_to_1x1_(res5)
     box_extractor, representation = build_box_head(box_head, pooled_channels, box_pool_size, res5)
     heads: dict[str, Any] = {
         "box_roi_pool": box_pool,
@@ -138,22 +153,30 @@ def build_datnet(
     else:
         heads["mask_roi_pool"] = False
 
+    detector = dict(detector or {})
+    rpn_post_nms_per_batch = detector.pop("rpn_post_nms_per_batch", False)
     model = DATNet(
         fpn,
         auxiliary=build_auxiliary(num_classes, fusion=fusion, channels=channels, **dict(aux or {})),
         resize_images=resize_images,
         **heads,
+        **transform_kwargs(transform, detector),
         **dict(detector or {}),
     )
+    if rpn_post_nms_per_batch:
+        model.rpn = BatchTopNRegionProposalNetwork.from_rpn(model.rpn)
     use_float32_box_geometry_(model)
     if checkpoint:
-        load_model_checkpoint(model, checkpoint)
+        load_model_checkpoint(model, checkpoint, strict=checkpoint_strict)
     return model
 
 
-def load_model_checkpoint(model: nn.Module, path: str) -> None:
-    """Loads a whole-model state dict (plain, or a Lightning checkpoint whose keys start with ``model.``)."""
-    state = load_state_dict_file(path)
-    if all(k.startswith("model.") for k in state):
-        state = {k[len("model.") :]: v for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+def transform_kwargs(
+    transform: Mapping[str, Any] | None, detector: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``DATNet`` keyword arguments of the input normalisation ``transform`` (``image_mean``, ``image_std``,
+    ``pixel_range``, ``channel_order``); the mean and std belong there, not in ``detector``."""
+    for key in ("image_mean", "image_std"):
+        if key in (detector or {}):
+            raise ValueError(f"set model.transform.{key}, not model.detector.{key}")
+    return dict(transform or {})

@@ -10,10 +10,12 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-from datnet.models.auxiliary import DenseAuxiliaryTasks
+from datnet.models.aux_heads import HEAD_STRIDE
+from datnet.models.auxiliary import DenseAuxiliaryTasks, dense_target_size
 from datnet.models.shared_res5 import shared_res5_losses, shares_res5
 
-AUX_STRIDE = 4
+PIXEL_RANGES = (1, 255)
+CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 class DATNetTransform(GeneralizedRCNNTransform):
@@ -21,17 +23,44 @@ class DATNetTransform(GeneralizedRCNNTransform):
 
     The data pipeline resizes images itself (so that auxiliary targets are computed in its workers on exactly
     the image the model sees); it then sets ``resize_images=False``. When the transform does resize (raw
-    images), dense ``dt``/``sem`` target maps are resized with nearest neighbour to stay at stride 4.
+    images), dense ``dt``/``sem`` target maps, at ``aux_stride`` of the image (the auxiliary loss's stride;
+    1: pixel level), are resized with nearest neighbour to that stride of the resized image (an
+    approximation of the targets of the resized masks).
 
     Loader workers send compact samples, expanded here on the device: a uint8 image (0..255) becomes the
     float32 image ``image.float() / 255`` in [0, 1] before torchvision's normalisation (float images in
     [0, 1] pass unchanged), and a target's bit-packed ``masks_packed`` (``datnet.data.masks.pack_masks``)
     becomes the uint8 ``masks`` that the mask loss needs.
+
+    The normalisation is ``(image - image_mean) / image_std`` on the image as the backbone's weights expect
+    it: ``pixel_range`` 1 (torchvision's ImageNet weights: RGB in [0, 1]) or 255 (Caffe2 / maskrcnn-benchmark
+    weights: pixels 0..255, uint8 images taken as they are), in ``channel_order`` ``rgb`` or ``bgr`` (images
+    arrive RGB; Caffe2's ``R-50.pkl`` was trained on BGR); ``image_mean``/``image_std`` are in those units
+    and that order.
     """
 
-    def __init__(self, *args, resize_images: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        resize_images: bool = True,
+        aux_stride: int = HEAD_STRIDE,
+        pixel_range: int = 1,
+        channel_order: str = "rgb",
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.aux_stride = aux_stride
+        if pixel_range not in PIXEL_RANGES:
+            raise ValueError(
+                f"model.transform.pixel_range must be one of {PIXEL_RANGES}; got {pixel_range!r}"
+            )
+        if channel_order not in CHANNEL_ORDERS:
+            raise ValueError(
+                f"model.transform.channel_order must be one of {CHANNEL_ORDERS}; got {channel_order!r}"
+            )
         self.resize_images = resize_images
+        self.pixel_range = pixel_range
+        self.channel_order = channel_order
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
@@ -59,9 +88,14 @@ class DATNetTransform(GeneralizedRCNNTransform):
         return target
 
     def normalize(self, image: Tensor) -> Tensor:
-        """torchvision's mean/std normalisation of a float image in [0, 1] or a uint8 image (0..255)."""
+        """torchvision's mean/std normalisation of a float RGB image in [0, 1] or a uint8 RGB image (0..255),
+        brought first to ``pixel_range`` and ``channel_order``."""
         if image.dtype == torch.uint8:
-            image = image.float().div_(255)
+            image = image.float() if self.pixel_range == 255 else image.float().div_(255)
+        elif self.pixel_range == 255:
+            image = image * 255
+        if self.channel_order == "bgr":
+            image = image.flip(-3)
         return super().normalize(image)
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
@@ -70,7 +104,7 @@ class DATNetTransform(GeneralizedRCNNTransform):
         image, target = super().resize(image, target)
         if target is not None:
             h, w = image.shape[-2:]
-            size = (-(-h // AUX_STRIDE), -(-w // AUX_STRIDE))
+            size = dense_target_size(h, w, self.aux_stride)
             for key in ("dt", "sem"):
                 if key in target and tuple(target[key].shape[-2:]) != size:
                     dense = target[key][None, None].float()
@@ -102,6 +136,8 @@ class DATNet(MaskRCNN):
         auxiliary: DenseAuxiliaryTasks | None = None,
         resize_images: bool = True,
         mask_roi_pool: nn.Module | bool | None = None,
+        pixel_range: int = 1,
+        channel_order: str = "rgb",
         **kwargs,
     ) -> None:
         if mask_roi_pool is False:  # Faster R-CNN: skip MaskRCNN's constructor, which adds the mask branch
@@ -118,6 +154,9 @@ class DATNet(MaskRCNN):
             old.size_divisible,
             old.fixed_size,
             resize_images=resize_images,
+            aux_stride=auxiliary.loss_stride if auxiliary is not None else HEAD_STRIDE,
+            pixel_range=pixel_range,
+            channel_order=channel_order,
         )
 
     def dense_features(
@@ -138,16 +177,20 @@ class DATNet(MaskRCNN):
         return self.auxiliary(features, targets, return_aux_maps)
 
     def batched_aux_targets(
-        self, targets: list[dict[str, Tensor]] | None, padded_size: torch.Size
+        self,
+        targets: list[dict[str, Tensor]] | None,
+        image_sizes: list[tuple[int, int]],
+        padded_size: torch.Size,
     ) -> dict[str, Tensor] | None:
         """The auxiliary heads' targets for ``dense_features``: in training, each head's dense maps (``dt``,
-        ``sem``) stacked to ``(B, H/4, W/4)`` of the padded batch ``padded_size`` (H, W), i.e. to the size of
-        the heads' logits, the padding filled with the ignore label (Sec. 3.1); ``None`` in inference or
-        without heads. Built eagerly, so that a compiled dense part sees one tensor per head whatever the
-        number and sizes of the images in the batch."""
+        ``sem``) of the images of ``image_sizes`` stacked to ``(B, H/s, W/s)`` of the padded batch
+        ``padded_size`` (H, W) at the auxiliary loss's stride ``s`` (``model.aux.loss_stride``; 1: the padded
+        image, where the heads' logits are upsampled to), the padding filled with the ignore label (Sec. 3.1);
+        ``None`` in inference or without heads. Built eagerly, so that a compiled dense part sees one tensor
+        per head whatever the number and sizes of the images in the batch."""
         if not self.training or self.auxiliary is None or targets is None:
             return None
-        return self.auxiliary.batch_targets(targets, torch.Size(-(-s // AUX_STRIDE) for s in padded_size))
+        return self.auxiliary.batch_targets(targets, image_sizes, padded_size)
 
     def __getstate__(self) -> dict:
         """Pickled and deep-copied without the compiled dense part (as ``nn.Module.compile`` does): it is
@@ -178,7 +221,7 @@ class DATNet(MaskRCNN):
         output_sizes = [(int(h), int(w)) for h, w in output_sizes]
         image_list, targets = self.transform(images, targets)
         dense_features = self._compiled_dense_features or self.dense_features
-        aux_targets = self.batched_aux_targets(targets, image_list.tensors.shape[-2:])
+        aux_targets = self.batched_aux_targets(targets, image_list.image_sizes, image_list.tensors.shape[-2:])
         features, aux_losses, aux_maps = dense_features(image_list.tensors, aux_targets, return_aux_maps)
         proposals, proposal_losses = self.rpn(image_list, features, targets)
         if self.training and shares_res5(self.roi_heads):
@@ -194,5 +237,6 @@ class DATNet(MaskRCNN):
             if return_proposals:
                 det["proposals"] = resize_boxes(proposals[i], size, output_size)
             for key, value in aux_maps.items():
-                det[key] = value[i, :, : -(-size[0] // AUX_STRIDE), : -(-size[1] // AUX_STRIDE)]
+                h, w = dense_target_size(*size, HEAD_STRIDE)
+                det[key] = value[i, :, :h, :w]
         return detections

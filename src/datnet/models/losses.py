@@ -1,4 +1,5 @@
-"""Losses of the dense auxiliary heads (Sec. 3.1, eqs. 1-2)."""
+"""Losses of the dense auxiliary heads (Sec. 3.1, eqs. 1-2) and the upsampling that takes them to the image's
+resolution."""
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,10 @@ def dense_focal_loss(
 
     ``L_i = -alpha_t (1 - p_t)^gamma log p_t`` where ``t`` is the target class of pixel ``i``, ``p`` the
     softmax over the class dimension and ``alpha_t`` is ``background_alpha`` for class 0 and 1 otherwise.
-    Pixels labelled ``ignore_index`` contribute nothing; the mean is over the remaining pixels (eq. 2 divides
-    by B*W*H, the number of pixels, all of which are labelled when nothing is ignored).
+    Eq. 2 averages over the B*W*H pixels; here pixels labelled ``ignore_index`` (crowd and void regions, the
+    batch's padding) are excluded from the average: they add nothing to the sum and are not counted in the
+    divisor, which is the number of labelled pixels (B*W*H when nothing is ignored). A batch with no
+    labelled pixel gives 0 (with a gradient).
 
     Args:
         logits: ``(B, K, H, W)`` unnormalised scores.
@@ -33,3 +36,10 @@ def dense_focal_loss(
     alpha = torch.where(safe_target == 0, background_alpha, 1.0)
     loss = -alpha * (1.0 - log_pt.exp()) ** gamma * log_pt
     return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """The heads' stride-4 logits ``(B, K, H/4, W/4)`` resized to ``size`` (the padded image's ``(H, W)``:
+    x4) by bilinear interpolation with ``align_corners=False``, in float32, as Panoptic FPN takes its
+    semantic loss at the image's resolution (Kirillov et al. [15]; detectron2's ``SemSegFPNHead``)."""
+    return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)

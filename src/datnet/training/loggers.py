@@ -2,7 +2,9 @@
 
 import netrc
 import os
+import secrets
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,11 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning import Callback
-from pytorch_lightning.loggers import Logger
+from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 WANDB_TARGET = "pytorch_lightning.loggers.wandb.WandbLogger"
+WANDB_ID_FILE = "wandb_run_id.txt"
 
 
 def wandb_credentials_available() -> bool:
@@ -65,12 +69,33 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     return {str(key): _plain(cfg, key) for key in cfg.keys() if key != "hydra"}
 
 
-def instantiate_loggers(cfg: DictConfig | None, run_config: DictConfig | None = None) -> list[Logger]:
+def uses_wandb(cfg: DictConfig | None) -> bool:
+    """Whether the ``logger`` group holds a W&B logger."""
+    return any(isinstance(c, DictConfig) and c.get("_target_") == WANDB_TARGET for c in (cfg or {}).values())
+
+
+def wandb_run_id(directory: Path, resuming: bool) -> str:
+    """The id of the run's W&B run, kept in ``directory/wandb_run_id.txt``: the stored one when the run
+    resumes (the same W&B run continues), else a new one, stored (by global rank 0; the other ranks log
+    nothing to W&B)."""
+    path = directory / WANDB_ID_FILE
+    if resuming and path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)
+    if rank_zero_only.rank == 0:
+        path.write_text(run_id + "\n")
+    return run_id
+
+
+def instantiate_loggers(
+    cfg: DictConfig | None, run_config: DictConfig | None = None, wandb_id: str | None = None
+) -> list[Logger]:
     """One logger per entry of the ``logger`` group. A W&B logger without credentials (and with no explicit
     ``WANDB_MODE``) runs in offline mode, with a warning, so a run never waits on the network.
 
     The W&B run's config is the whole resolved ``run_config`` (the run's composed config; see
-    :func:`resolved_config`) plus the Hydra overrides under ``overrides``."""
+    :func:`resolved_config`) plus the Hydra overrides under ``overrides``; ``wandb_id`` (:func:`wandb_run_id`)
+    is its run id, resumed (``resume="allow"``) when W&B knows it already."""
     loggers: list[Logger] = []
     for conf in (cfg or {}).values():
         if not isinstance(conf, DictConfig) or "_target_" not in conf:
@@ -85,6 +110,8 @@ def instantiate_loggers(cfg: DictConfig | None, run_config: DictConfig | None = 
                 )
                 kwargs["offline"] = True
             kwargs.update({k: v for k, v in wandb_run_identity().items() if conf.get(k) is None})
+            if wandb_id is not None and conf.get("id") is None:
+                kwargs.update(id=wandb_id, resume="allow")
             if conf.get("config") is None and run_config is not None:
                 kwargs["config"] = {**resolved_config(run_config), **kwargs.get("config", {})}
             # the run config goes to the logger, not into ``conf``: ``config`` is no keyword of
@@ -107,3 +134,18 @@ def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
         for conf in (cfg or {}).values()
         if isinstance(conf, DictConfig) and "_target_" in conf
     ]
+
+
+def log_wandb_table(
+    loggers: Sequence[Logger],
+    key: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence],
+    step: int | None = None,
+) -> bool:
+    """Log a table (e.g. the per-category AP of an evaluation) to every W&B logger among ``loggers``, with
+    Lightning's ``WandbLogger.log_table``; nothing without one. Return whether a W&B logger took it."""
+    wandb_loggers = [logger for logger in loggers if isinstance(logger, WandbLogger)]
+    for logger in wandb_loggers:
+        logger.log_table(key=key, columns=list(columns), data=[list(row) for row in rows], step=step)
+    return bool(wandb_loggers)

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Recipe:
-    """An LR schedule: linear warm-up from ``lr * warmup_factor`` then x``gamma`` at each milestone."""
+    """An LR schedule: linear warm-up from ``lr * warmup_factor`` then x``gamma`` at each milestone.
+
+    ``lr`` is the weights' LR; biases train at ``lr * bias_lr_factor`` with weight decay ``bias_weight_decay``
+    (``None``: the optimizer's), see ``datnet.training.param_groups``. The warm-up and the decays multiply
+    both alike (maskrcnn-benchmark's ``WarmupMultiStepLR``: ``WARMUP_ITERS=500``, ``WARMUP_FACTOR=1/3``,
+    linear).
+    """
 
     lr: float
     max_steps: int
@@ -18,6 +24,8 @@ class Recipe:
     warmup_steps: int
     warmup_factor: float = 0.001
     gamma: float = 0.1
+    bias_lr_factor: float = 1.0
+    bias_weight_decay: float | None = None
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` for optimizer step ``step`` (0-based)."""
@@ -65,8 +73,11 @@ def scale_recipe(
     total_batch_size: int,
     warmup_factor: float = 0.001,
     gamma: float = 0.1,
+    bias_lr_factor: float = 1.0,
+    bias_weight_decay: float | None = None,
 ) -> Recipe:
-    """The recipe written for ``reference_batch_size`` images per step, scaled to ``total_batch_size``."""
+    """The recipe written for ``reference_batch_size`` images per step, scaled to ``total_batch_size``
+    (the bias factor and decay are ratios and absolute values: they do not scale)."""
     if total_batch_size <= 0 or reference_batch_size <= 0:
         raise ValueError(f"batch sizes must be positive, got {total_batch_size} and {reference_batch_size}")
     k = total_batch_size / reference_batch_size
@@ -81,4 +92,6 @@ def scale_recipe(
         warmup_steps=steps(warmup_steps),
         warmup_factor=warmup_factor,
         gamma=gamma,
+        bias_lr_factor=bias_lr_factor,
+        bias_weight_decay=bias_weight_decay,
     )

@@ -1,11 +1,14 @@
-"""Hydra multirun support: each job runs to its end (a failing job is recorded, not fatal to the sweep), its
-W&B run is closed, and a summary of all jobs is written when the sweep ends."""
+"""Hydra multirun support: each job runs to its end (a failing job is recorded, not fatal to the sweep), and
+a summary of all jobs is written when the sweep ends.
+
+Under Hydra's basic launcher (jobs one after the other in the sweep process) each job runs in processes of
+its own (:mod:`datnet.training.job_process`); under a launcher that gives each job processes of its own
+(submitit: one SLURM job per sweep job) the job runs where the launcher started it."""
 
 import json
 import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, read_write
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from datnet.training.job_process import (
+    FAILED_FILE,
+    exception_record,
+    record_rank_failure,
+    run_job_in_processes,
+)
 
 log = logging.getLogger(__name__)
-FAILED_FILE = "failed.json"
 METRICS_FILE = "metrics.json"
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 def in_multirun() -> bool:
@@ -27,7 +38,8 @@ def in_multirun() -> bool:
 
 
 def prepare_ddp_relaunch() -> None:
-    """Make Lightning's DDP launcher start this job's other ranks as single runs of *this job*.
+    """Make Lightning's DDP launcher start this job's other ranks as single runs of *this job*, where a
+    launcher runs a multirun job in a process of its own that starts its ranks itself (``submitit_local``).
 
     Lightning starts ranks 1..N-1 by re-running ``sys.argv`` with ``hydra.run.dir`` set to Hydra's
     ``run.dir``. In a multirun that would re-run the whole sweep (``-m`` and every value list) in a second
@@ -42,11 +54,11 @@ def prepare_ddp_relaunch() -> None:
 
 
 def end_job(environment: dict[str, str]) -> None:
-    """Leave nothing of a job to the next job of the sweep in this process: its W&B run is finished (the
-    next job starts its own), its DDP process group destroyed, and the environment variables that the DDP
-    launcher set (``MASTER_PORT``, ``WORLD_SIZE``, ...) restored to ``environment``, so that the next job
-    starts its ranks on a fresh port. A W&B run exists only if the wandb logger imported ``wandb``, so it is
-    looked up, not imported: runs with other loggers need no wandb installed."""
+    """Leave nothing of a job to a next job in this process: its W&B run is finished (the next job starts
+    its own), its DDP process group destroyed, and the environment variables that the DDP launcher set
+    (``MASTER_PORT``, ``WORLD_SIZE``, ...) restored to ``environment``. A W&B run exists only if the wandb
+    logger imported ``wandb``, so it is looked up, not imported: runs with other loggers need no wandb
+    installed."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()
@@ -57,40 +69,75 @@ def end_job(environment: dict[str, str]) -> None:
     os.environ.update(environment)
 
 
-def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any] | None:
-    """Runs ``task``; in a multirun a failure is logged and written to ``<job dir>/failed.json`` and the
-    sweep goes on with the next job (a single run still fails with the exception)."""
+def report_failed_job(record: dict[str, Any]) -> None:
+    """Logs a failed job and prints ``JOB FAILED {"job": N, "error": ...}``."""
+    num = HydraConfig.get().job.num
+    log.error("job %d failed (%s); the sweep goes on", num, record["error"])
+    print(f"JOB FAILED {json.dumps({'job': num, 'error': record['error']})}", flush=True)
+
+
+def run_job_here(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any] | None:
+    """A multirun job in the process its launcher started (one rank of it): a failure is written to
+    ``<job dir>/failed.json`` by the first rank that fails (the others find it there) and the launcher
+    goes on with the next job (one of an earlier attempt in the same directory is removed first)."""
     environment = dict(os.environ)
+    failed_file = Path(HydraConfig.get().runtime.output_dir) / FAILED_FILE
+    if rank_zero_only.rank == 0:
+        failed_file.unlink(missing_ok=True)
     try:
         return task(cfg)
     except Exception as error:
-        if not in_multirun():
-            raise
-        job_dir = Path(HydraConfig.get().runtime.output_dir)
-        record = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-        (job_dir / FAILED_FILE).write_text(json.dumps(record, indent=2))
-        log.error("job %d failed (%s); the sweep goes on", HydraConfig.get().job.num, record["error"])
-        print(
-            f"JOB FAILED {json.dumps({'job': HydraConfig.get().job.num, 'error': record['error']})}",
-            flush=True,
-        )
+        rank = {**exception_record(error), "rank": rank_zero_only.rank}
+        record = {
+            "error": f"rank {rank['rank']}: {rank['error']}",
+            "failed_ranks": [rank["rank"]],
+            "ranks": [rank],
+        }
+        try:
+            with open(failed_file, "x") as file:
+                json.dump(record, file, indent=2)
+        except FileExistsError:
+            pass
+        report_failed_job(record)
         return None
     finally:
         end_job(environment)
 
 
+def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any] | None:
+    """Runs ``task``. A single run fails with the task's exception (a rank of a sweep job also records it
+    for the sweep); in a multirun a failing job is recorded in ``<job dir>/failed.json`` and the sweep goes on
+    with the next job. Returns the job's metrics, None when it failed."""
+    if not in_multirun():
+        try:
+            return task(cfg)
+        except Exception as error:
+            record_rank_failure(error)
+            raise
+    if HydraConfig.get().launcher._target_ != BASIC_LAUNCHER:
+        return run_job_here(task, cfg)
+    record = run_job_in_processes(cfg)
+    if record is not None:
+        report_failed_job(record)
+        return None
+    metrics = Path(HydraConfig.get().runtime.output_dir) / METRICS_FILE
+    return json.loads(metrics.read_text()) if metrics.is_file() else {}
+
+
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job directory of a sweep: its overrides, status and metrics."""
+    """One row per job directory of a sweep: its overrides, status (``failed`` when the job wrote
+    ``failed.json``, even if a rank got as far as its metrics), failing ranks and error, and metrics."""
     rows = []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=lambda p: p.parts[-3]):
         job_dir = overrides_file.parent.parent
         row: dict[str, Any] = {"job": job_dir.name, "overrides": yaml.safe_load(overrides_file.read_text())}
-        if (job_dir / METRICS_FILE).is_file():
-            row.update(status="completed", metrics=json.loads((job_dir / METRICS_FILE).read_text()))
-        elif (job_dir / FAILED_FILE).is_file():
-            row.update(status="failed", error=json.loads((job_dir / FAILED_FILE).read_text())["error"])
+        if (job_dir / FAILED_FILE).is_file():
+            failure = json.loads((job_dir / FAILED_FILE).read_text())
+            row.update(status="failed", error=failure["error"], failed_ranks=failure.get("failed_ranks", []))
         else:
-            row.update(status="unknown")
+            row.update(status="completed" if (job_dir / METRICS_FILE).is_file() else "unknown")
+        if (job_dir / METRICS_FILE).is_file():
+            row["metrics"] = json.loads((job_dir / METRICS_FILE).read_text())
         rows.append(row)
     return rows
 
@@ -98,12 +145,17 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 def summary_markdown(
     rows: list[dict[str, Any]], keys: tuple[str, ...] = ("val/bbox/AP", "val/segm/AP")
 ) -> str:
-    lines = ["| job | overrides | status | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    """The jobs as a markdown table: overrides, status, the metrics ``keys`` and a failed job's error."""
+    header = "| job | overrides | status | " + " | ".join(keys) + " | error |"
+    lines = [header, "|---|---|---|" + "---|" * len(keys) + "---|"]
     for row in rows:
         values = [row.get("metrics", {}).get(k) for k in keys]
         cells = ["" if v is None else f"{v:.4f}" for v in values]
+        error = row.get("error", "").replace("|", "\\|").replace("\n", " ")
         lines.append(
-            f"| {row['job']} | {' '.join(row['overrides'])} | {row['status']} | " + " | ".join(cells) + " |"
+            f"| {row['job']} | {' '.join(row['overrides'])} | {row['status']} | "
+            + " | ".join(cells)
+            + f" | {error} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,98 @@
+"""maskrcnn-benchmark's training proposals: the post-NMS top N of the batch (FPN_POST_NMS_TOP_N_TRAIN)."""
+
+import pytest
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+
+from datnet.models.mixed_precision import Float32AnchorGenerator
+from datnet.models.rpn import BatchTopNRegionProposalNetwork, top_n_over_batch
+
+from .conftest import SMALL_DETECTOR, small_model
+
+
+def separate_boxes(n: int) -> torch.Tensor:
+    """``n`` disjoint 10x10 boxes in a row (NMS keeps them all)."""
+    x = torch.arange(n, dtype=torch.float32) * 20
+    return torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], dim=1)
+
+
+def tiny_rpn(post_nms_top_n: int) -> RegionProposalNetwork:
+    """torchvision's RPN on one 8-channel level, keeping ``post_nms_top_n`` proposals per image."""
+    return RegionProposalNetwork(
+        AnchorGenerator(((16, 32),), ((0.5, 1.0, 2.0),)),
+        RPNHead(8, 6),
+        0.7,
+        0.3,
+        64,
+        0.5,
+        dict(training=200, testing=100),
+        dict(training=post_nms_top_n, testing=post_nms_top_n),
+        0.7,
+    )
+
+
+def test_hand_built_batch_where_per_image_and_per_batch_top_n_differ():
+    """Two images, 4 disjoint proposals each, top 3: per image 3 + 3 (torchvision); per batch the 3 best of
+    all 8 logits (5, 4, 3): two of the first image, one of the second (maskrcnn-benchmark). At test, per
+    image."""
+    torchvision_rpn = tiny_rpn(3)
+    ours = BatchTopNRegionProposalNetwork.from_rpn(torchvision_rpn)
+    proposals = torch.stack([separate_boxes(4), separate_boxes(4)])
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0], [0.0, -1.0, 5.0, -2.0]])
+    args = (proposals, logits, [(20, 100), (20, 100)], [4])
+    per_image, _ = torchvision_rpn.train().filter_proposals(*args)
+    assert [len(b) for b in per_image] == [3, 3]
+    boxes, scores = ours.train().filter_proposals(*args)
+    torch.testing.assert_close(scores[0], torch.sigmoid(torch.tensor([4.0, 3.0])))
+    torch.testing.assert_close(scores[1], torch.sigmoid(torch.tensor([5.0])))
+    torch.testing.assert_close(boxes[0], separate_boxes(4)[:2])
+    torch.testing.assert_close(boxes[1], separate_boxes(4)[2:3])
+    test_boxes, _ = ours.eval().filter_proposals(*args)
+    assert [len(b) for b in test_boxes] == [3, 3]
+
+
+def test_top_n_over_batch_keeps_everything_when_the_batch_has_at_most_n():
+    boxes, scores = [separate_boxes(2), separate_boxes(1)], [torch.tensor([0.3, 0.1]), torch.tensor([0.2])]
+    kept_boxes, kept_scores = top_n_over_batch(boxes, scores, 3)
+    assert kept_boxes is boxes and kept_scores is scores
+    _, kept_scores = top_n_over_batch(boxes, scores, 2)
+    assert [s.tolist() for s in kept_scores] == [pytest.approx([0.3]), pytest.approx([0.2])]
+
+
+def test_config_switch_swaps_the_rpn_and_keeps_the_state_dict_and_settings():
+    """``detector.rpn_post_nms_per_batch``: the same weights and settings (float32 anchors included)."""
+    torch.manual_seed(0)
+    default = small_model("maskrcnn")
+    torch.manual_seed(0)
+    ours = small_model("maskrcnn", detector={**SMALL_DETECTOR, "rpn_post_nms_per_batch": True})
+    assert type(default.rpn) is RegionProposalNetwork and isinstance(ours.rpn, BatchTopNRegionProposalNetwork)
+    assert isinstance(ours.rpn.anchor_generator, Float32AnchorGenerator)
+    for key, value in default.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=0)
+    for name in ("_pre_nms_top_n", "_post_nms_top_n", "nms_thresh", "score_thresh", "min_size"):
+        assert getattr(ours.rpn, name) == getattr(default.rpn, name)
+    assert ours.rpn.proposal_matcher.high_threshold == default.rpn.proposal_matcher.high_threshold == 0.7
+    assert ours.rpn.fg_bg_sampler.batch_size_per_image == default.rpn.fg_bg_sampler.batch_size_per_image
+
+
+def test_training_forward_gives_n_proposals_per_batch_and_torchvisions_losses():
+    """A one-level RPN on random 16x16 features of two images: torchvision keeps 20 proposals per image,
+    ours 20 in all; the losses (which do not depend on the selection) are torchvision's."""
+    torch.manual_seed(0)
+    torchvision_rpn = tiny_rpn(20)
+    ours = BatchTopNRegionProposalNetwork.from_rpn(torchvision_rpn)
+    images = ImageList(torch.zeros(2, 3, 64, 64), [(64, 64), (64, 64)])
+    features = {"0": torch.randn(2, 8, 16, 16)}
+    targets = [
+        {"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]])},
+        {"boxes": torch.tensor([[10.0, 8.0, 60.0, 60.0]])},
+    ]
+    torch.manual_seed(1)  # the same anchors sampled for the loss
+    theirs_boxes, theirs_losses = torchvision_rpn.train()(images, features, targets)
+    torch.manual_seed(1)
+    our_boxes, our_losses = ours.train()(images, features, targets)
+    assert [len(b) for b in theirs_boxes] == [20, 20] and sum(len(b) for b in our_boxes) == 20
+    for key, value in theirs_losses.items():
+        torch.testing.assert_close(our_losses[key], value, rtol=0, atol=0)
