@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from datnet.evaluation.per_class import CSV_NAME, MARKDOWN_NAME
@@ -77,6 +78,7 @@ def test_maskrcnn_has_no_aux_metrics(tiny_config, shapes_overrides):
 
 def test_per_class_table_goes_to_wandb_only(tmp_path, monkeypatch):
     """The table reaches an (offline) W&B run as a table; without a W&B logger nothing is logged."""
+    wandb_sdk = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     columns, rows = ["category", "bbox_AP"], [("circle", 0.5), ("square", math.nan)]
@@ -85,6 +87,8 @@ def test_per_class_table_goes_to_wandb_only(tmp_path, monkeypatch):
     assert log_wandb_table([CSVLogger(tmp_path), wandb], "val/per_class_ap", columns, rows, step=3)
     files = Path(wandb.experiment.dir)
     wandb.experiment.finish()
+    # stops this process's W&B service and unsets its WANDB_SERVICE, which later subprocess runs would inherit
+    wandb_sdk.teardown()
     (table,) = files.glob("media/table/val/per_class_ap_*.table.json")
     saved = json.loads(table.read_text())
     assert (

@@ -1,7 +1,8 @@
 """A sweep of 2-rank gloo DDP jobs survives every way a job can fail (an exception on rank 0 or on rank 1,
 rank 1 killed by SIGKILL, a non-finite loss on rank 1): each failed job's ``failed.json`` names the failing
-rank(s) and the cause, the jobs after it run (DDP set up afresh), ``summary.json`` lists every job with the
-completed one's metrics, the sweep exits non-zero, and no process of the sweep is left."""
+rank(s) and the cause, the jobs after it run (DDP set up afresh, each job in exactly one directory with its
+own W&B run), ``summary.json`` lists every job with the completed one's metrics, the sweep exits non-zero, and
+no process of the sweep is left."""
 
 import json
 import os
@@ -73,6 +74,7 @@ def test_a_sweep_survives_every_kind_of_failing_ddp_job(tmp_path, shapes_overrid
         "trainer.max_steps=2",
         "module.finite_check_every=1",
         "+callbacks.fault=" + ",".join(faults),
+        "logger=wandb",
         f"paths.log_dir={tmp_path}/logs",
         f"hydra.sweep.dir={tmp_path}/sweep",
     ]
@@ -86,6 +88,10 @@ def test_a_sweep_survives_every_kind_of_failing_ddp_job(tmp_path, shapes_overrid
     metrics = [json.loads(line[8:]) for line in out.stdout.splitlines() if line.startswith("METRICS ")]
     assert metrics == [summary[0]["metrics"]]
     assert 'SWEEP FAILED JOBS ["1", "2", "3", "4"]' in out.stdout
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3", "4"]
+    assert not (tmp_path / "logs").exists()  # one directory per job, none elsewhere (e.g. a rank's own run)
+    assert (sweep / "0" / "train_ddp_process_1.log").is_file()
+    assert len(list((sweep / "0" / "wandb").glob("offline-run-*"))) == 1  # one W&B run per job
 
     failed = {job: json.loads((sweep / job / "failed.json").read_text()) for job in ("1", "2", "3", "4")}
     ranks = {job: {row["rank"]: row for row in record["ranks"]} for job, record in failed.items()}
