@@ -114,7 +114,7 @@ def build_model(cfg: DictConfig, data: DetectionDataModule, checkpoint: str | No
     model = instantiate(cfg.model, num_classes=data.num_classes, resize_images=True)
     if checkpoint:
         strict = cfg.model.get("checkpoint_strict", True)
-        load_model_checkpoint(model, checkpoint, strict, data.label_to_category_id)
+        load_model_checkpoint(model, checkpoint, strict, data.label_to_category_id, data.class_names)
     model.eval()
     fold_batchnorm_(model)
     return model.to(device)

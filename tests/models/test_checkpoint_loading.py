@@ -83,6 +83,17 @@ def test_torchvision_coco_checkpoint_gives_torchvision_detections(tmp_path, shar
         torch.testing.assert_close(g["boxes"], e["boxes"])
         torch.testing.assert_close(g["scores"], e["scores"])
         torch.testing.assert_close(g["masks"], e["masks"])
+    # as train.py builds it for fine-tuning: model.checkpoint and the data module's label space
+    cfg.model.checkpoint = str(path)
+    built = instantiate(
+        cfg.model,
+        num_classes=len(label_to_category_id) + 1,
+        label_to_category_id=label_to_category_id,
+        class_names=class_names,
+    )
+    built_state = built.state_dict()
+    for key, value in ours.state_dict().items():
+        assert torch.equal(built_state[key], value), key
 
 
 def test_non_strict_loads_what_matches_and_lists_the_rest(tmp_path, caplog):

@@ -1,6 +1,6 @@
 """Builds DATNet from the values of ``conf/model/*.yaml``: every switch of the paper is an argument here."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -95,6 +95,8 @@ def build_datnet(
     checkpoint_strict: bool = True,
     transform: Mapping[str, Any] | None = None,
     detector: Mapping[str, Any] | None = None,
+    label_to_category_id: Mapping[int, int] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> DATNet:
     """DATNet from config values.
 
@@ -111,7 +113,8 @@ def build_datnet(
     and ``channel_order`` (``rgb`` or ``bgr``) (``DATNetTransform``). ``checkpoint`` loads a whole-model
     state dict from a local file (``datnet.models.checkpoint``: strictly, or with ``checkpoint_strict=False``
     every matching tensor, logging the others); the backbone is then built from scratch, with the BatchNorm
-    kind that ``weights`` implies.
+    kind that ``weights`` implies. ``label_to_category_id`` and ``class_names`` (the data module's) map a
+    torchvision COCO detector's 91 category indices onto the model's labels.
     """
     backbone_cfg = dict(backbone or {})
     if checkpoint:  # every weight comes from the checkpoint: no ImageNet file is looked for
@@ -167,7 +170,7 @@ def build_datnet(
         model.rpn = BatchTopNRegionProposalNetwork.from_rpn(model.rpn)
     use_float32_box_geometry_(model)
     if checkpoint:
-        load_model_checkpoint(model, checkpoint, strict=checkpoint_strict)
+        load_model_checkpoint(model, checkpoint, checkpoint_strict, label_to_category_id, class_names)
     return model
 
 

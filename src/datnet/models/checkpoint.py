@@ -173,8 +173,9 @@ def load_model_checkpoint(
     elif torchvision_coco and strict:
         raise ValueError(
             f"{path} has torchvision's 91-index COCO category layout: mapping it onto the model's "
-            f"{len(own[CLASS_KEY])} classes needs the dataset's category ids (src/eval.py passes them), "
-            f"or load it with model.checkpoint_strict=false (the class predictors are then left as built)"
+            f"{len(own[CLASS_KEY])} classes needs the dataset's category ids (train.py, eval.py and "
+            f"predict.py pass them), or load it with model.checkpoint_strict=false (the class predictors are "
+            f"then left as built)"
         )
     report = compare_state(state, own)
     report.category_mapped = mapped

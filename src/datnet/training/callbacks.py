@@ -42,9 +42,14 @@ class LastAndBestCheckpoint(ModelCheckpoint):
     ``on_train_batch_end`` every N steps with the monitor's last logged value, i.e. a previous validation's
     (it defers to the validation only before the monitor was ever logged, or at an epoch's last batch); with
     step-based validation nearly every such save carries the wrong score.
+
+    ``last.ckpt`` is always that name (no version counter): a run started afresh in a directory holding one
+    (``resume.auto=false``) overwrites it rather than writing ``last-v1.ckpt`` beside it, so an automatic
+    resume never takes the older file.
     """
 
     def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(**kwargs)
         if self.save_last == "link":  # would link to the newest file, which may be an older best
             raise ValueError("LastAndBestCheckpoint saves last.ckpt itself: save_last must be a bool")

@@ -270,9 +270,14 @@ def run_job_in_processes(cfg: DictConfig) -> dict[str, Any] | None:
                 "job %s: ranks (pids) %s, port %s", job_dir.name, {r.rank: r.process.pid for r in ranks}, port
             )
             wait_for_ranks(ranks)
-        finally:
-            stop_job(ranks, job_dir)
-            signal.signal(signal.SIGTERM, previous)
+        finally:  # a second SIGTERM or Ctrl-C must not cut the clean-up short and leave ranks running
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                stop_job(ranks, job_dir)
+            finally:
+                signal.signal(signal.SIGINT, interrupt)
+                signal.signal(signal.SIGTERM, previous)
         record = failure_record(ranks, job_dir)
     if record is not None:
         (job_dir / FAILED_FILE).write_text(json.dumps(record, indent=2))

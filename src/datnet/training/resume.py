@@ -172,7 +172,9 @@ def keep_total_batch(trainer: pl.Trainer, batch_size: int, plan: ResumePlan) -> 
 
 def save_rng_states(checkpoint: dict[str, Any]) -> None:
     """torch's CPU RNG state and one CUDA RNG state per visible device, as tensors (the checkpoint still
-    loads with ``weights_only=True``)."""
+    loads with ``weights_only=True``). Only rank 0 writes the checkpoint, so these are rank 0's states: a
+    resumed DDP run continues rank 0's random stream exactly, the other ranks start from rank 0's CPU state
+    and from rank 0's copy of their device's generator (different from the stream they had)."""
     checkpoint["torch_rng_state"] = torch.get_rng_state()
     if torch.cuda.is_available():
         checkpoint["cuda_rng_states"] = torch.cuda.get_rng_state_all()

@@ -68,7 +68,13 @@ def build_components(
         with open_dict(cfg):
             cfg.trainer.deterministic = "warn"
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, num_classes=datamodule.num_classes, resize_images=False)
+    model = instantiate(
+        cfg.model,
+        num_classes=datamodule.num_classes,
+        resize_images=False,
+        label_to_category_id=datamodule.label_to_category_id,
+        class_names=datamodule.class_names,
+    )
     callbacks = instantiate_callbacks(cfg.get("callbacks")) if with_callbacks else []
     if with_callbacks and run_config is not None:
         callbacks.append(RunConfigInCheckpoint(run_config))
@@ -253,12 +259,14 @@ def with_training_run_config(
 
 
 def for_checkpoint(cfg: DictConfig) -> DictConfig:
-    """``cfg`` whose backbone is built for a whole-model checkpoint (``weights=scratch``, the BatchNorm kind
-    and trainable stages of the original ``weights``): evaluating a checkpoint never looks for ImageNet
-    weights, and works offline."""
+    """``cfg`` whose model is built for a whole-model checkpoint loaded after it: the backbone with
+    ``weights=scratch`` (the BatchNorm kind and trainable stages of the original ``weights``) and no
+    ``model.checkpoint`` (a run fine-tuned from one does not load it again): evaluating, predicting or
+    resuming never looks for ImageNet weights or the run's starting checkpoint, and works offline."""
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.model.backbone = backbone_for_checkpoint(OmegaConf.to_container(cfg.model.backbone, resolve=True))
+        cfg.model.checkpoint = None
     return cfg
 
 
@@ -278,9 +286,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     strict = True if ckpt_path else cfg.model.get("checkpoint_strict", True)
     if ckpt_path and HydraConfig.initialized():
         cfg = with_training_run_config(cfg, list(HydraConfig.get().overrides.task))
-    cfg = for_checkpoint(cfg)
-    with open_dict(cfg):
-        cfg.model.checkpoint = None  # loaded below, with the data module's category ids
+    cfg = for_checkpoint(cfg)  # the checkpoint is loaded below
     out = output_dir(cfg)
     datamodule, model, trainer = build_components(cfg, with_callbacks=False)
     if trainer.is_global_zero:
