@@ -33,6 +33,24 @@ def test_auto_resume_takes_its_own_last_checkpoint_and_refuses_another_configs(t
         plan_resume(cfg, tmp_path, config)
 
 
+def test_a_requeued_job_prefers_its_newer_last_checkpoint_to_its_ckpt_path(tmp_path, monkeypatch):
+    """A SLURM requeue re-runs the command with its ``ckpt_path``: the run's own ``last.ckpt`` wins when it is
+    further on; a first start (no ``SLURM_RESTART_COUNT``) or ``resume.auto=false`` keeps ``ckpt_path``."""
+    (tmp_path / "checkpoints").mkdir()
+    start, last = tmp_path / "start.ckpt", tmp_path / "checkpoints" / "last.ckpt"
+    torch.save({"global_step": 100}, start)
+    torch.save({"global_step": 340}, last)
+    cfg = OmegaConf.create({"ckpt_path": str(start), "resume": {"auto": True}})
+    assert plan_resume(cfg, tmp_path, {}).checkpoint == str(start)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert plan_resume(cfg, tmp_path, {}) == ResumePlan(str(last), 340)
+    cfg.resume.auto = False
+    assert plan_resume(cfg, tmp_path, {}).checkpoint == str(start)
+    cfg.resume.auto = True
+    torch.save({"global_step": 50}, last)  # older than ckpt_path: ckpt_path
+    assert plan_resume(cfg, tmp_path, {}).checkpoint == str(start)
+
+
 def test_the_wandb_run_id_is_kept_in_the_run_directory(tmp_path):
     first = wandb_run_id(tmp_path, resuming=False)
     assert wandb_run_id(tmp_path, resuming=True) == first  # a resumed run: the same W&B run

@@ -16,6 +16,7 @@ batch and random streams whatever the number of devices (README, "Long runs").
 """
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,18 +111,31 @@ def _plan(path: Path, checkpoint: dict[str, Any]) -> ResumePlan:
     )
 
 
+def requeued() -> bool:
+    """Whether this process is a SLURM job started again by a requeue (``SLURM_RESTART_COUNT`` > 0)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
 def plan_resume(cfg: DictConfig, out: Path, config: dict[str, Any]) -> ResumePlan:
     """The checkpoint this run starts from: ``cfg.ckpt_path``, else (``resume.auto``, default true)
     ``out/checkpoints/last.ckpt`` when it exists and was written with the same ``config``
-    (:func:`run_config`). Every rank decides the same from the same files. Raises ``ValueError`` naming the
+    (:func:`run_config`). A requeued SLURM job (:func:`requeued`) re-runs its command, ``ckpt_path``
+    included: it takes its own ``last.ckpt`` instead when that is further on (written since, e.g. at the
+    requeue signal). Every rank decides the same from the same files. Raises ``ValueError`` naming the
     differences when ``last.ckpt`` belongs to another config."""
+    auto, last = OmegaConf.select(cfg, "resume.auto", default=True), out / LAST
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path)
         plan = _plan(path, read_checkpoint(path))
+        if auto and requeued() and last.is_file() and last.resolve() != path.resolve():
+            newer = _plan(last, read_checkpoint(last))
+            if newer.step > plan.step:
+                message = "requeued job: resuming from its %s (step %d), not ckpt_path (step %d)"
+                log.info(message, last, newer.step, plan.step)
+                return newer
         log.info("resuming from %s (step %d): ckpt_path", path, plan.step)
         return plan
-    last = out / LAST
-    if not OmegaConf.select(cfg, "resume.auto", default=True) or not last.is_file():
+    if not auto or not last.is_file():
         return ResumePlan()
     checkpoint = read_checkpoint(last)
     saved = checkpoint.get(RUN_CONFIG_KEY)
