@@ -32,14 +32,17 @@ they fill less than half a block. The cell grid is (ceil(H/s), ceil(W/s)), the h
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import cv2
 import numpy as np
 
 IGNORE = 255
 DT_BIN_EDGES = (0.2, 0.4)
 """Upper edges of DT bins 1 and 2 (bin 3 is everything above 0.4), Sec. 3.1."""
-_SQUARED_EDGES = ((1, 25), (4, 25))
-"""DT_BIN_EDGES squared as fractions: D > 0.2 <=> 25 d^2 > 1 max(d)^2; D > 0.4 <=> 25 d^2 > 4 max(d)^2."""
+_SQUARED_EDGES = tuple((f.numerator, f.denominator) for f in (Fraction(str(e)) ** 2 for e in DT_BIN_EDGES))
+"""DT_BIN_EDGES squared as exact fractions, (1, 25) and (4, 25): D > 0.2 <=> 25 d^2 > 1 max(d)^2, D > 0.4 <=>
+25 d^2 > 4 max(d)^2, decided on integer squared distances."""
 
 
 def grid_shape(height: int, width: int, stride: int) -> tuple[int, int]:

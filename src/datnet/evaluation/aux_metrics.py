@@ -25,8 +25,9 @@ def predicted_labels(maps: Tensor, size: Sequence[int]) -> Tensor:
     """The per-pixel classes ``(H, W)`` of a head's softmax maps ``(C, h, w)`` on a target grid of ``size``:
     the argmax of the maps, brought first to that grid. A finer grid at an integer stride k of theirs
     (``h = ceil(H / k)``, ``w = ceil(W / k)``: the heads' stride-4 maps against image-resolution targets)
-    gets the maps upsampled by exactly k (bilinear, as the loss upsamples the logits:
-    ``datnet.models.losses.upsample_logits``) and cropped, so that every cell stays over the pixels it
+    gets the maps upsampled by exactly k (bilinear with the geometry of the loss's upsampling of the logits,
+    ``datnet.models.losses.upsample_logits``, but of the softmax probabilities: the argmax can differ from
+    the upsampled logits' at class boundaries) and cropped, so that every cell stays over the pixels it
     covers; any other size (e.g. maps of an image the model resized), bilinear resizing to ``size``."""
     height, width = int(size[0]), int(size[1])
     h, w = maps.shape[-2:]
