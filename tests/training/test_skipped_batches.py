@@ -17,25 +17,18 @@ from PIL import Image
 from datnet.data.samplers import training_batch_sampler
 from datnet.data.shapes import ensure_shapes
 
+from .conftest import QUIET, TINY
+
 REPO = Path(__file__).resolve().parents[2]
 
-TINY = [
+# the harness's tiny model on COCO-format data, read by a loader worker (it decodes the unreadable files)
+RUN = [
     "experiment=demo",
     "data=coco",
-    "model.backbone.name=resnet18",
-    "model.detector.box_batch_size_per_image=16",
-    "model.detector.rpn_pre_nms_top_n_train=100",
-    "model.detector.rpn_post_nms_top_n_train=50",
-    "model.detector.rpn_pre_nms_top_n_test=100",
-    "model.detector.rpn_post_nms_top_n_test=50",
-    "data.min_size=96",
-    "data.max_size=128",
-    "data.val_batch_size=2",
+    *(o for o in TINY if o != "data.num_workers=0"),
     "data.num_workers=1",
-    "callbacks.rich_progress_bar=null",
-    "callbacks.rich_model_summary=null",
+    *QUIET,
     "callbacks.model_checkpoint=null",
-    "logger=csv",
 ]
 
 
@@ -100,7 +93,7 @@ def test_one_epoch_over_unreadable_images_trains_on_the_rest(tmp_path, run_scrip
     out = run_script(
         "src/train.py",
         [
-            *TINY,
+            *RUN,
             f"data.root={root}",
             "data.batch_size=2",
             "data.aspect_ratio_group_factor=-1",  # no aspect-ratio groups: every image once in the epoch
@@ -127,7 +120,7 @@ def test_ddp_rank_whose_whole_batch_is_skipped_keeps_in_step(tmp_path):
     truncate(root / "train2017" / names[first_of_rank1])
     run_dir = tmp_path / "run"
     args = [
-        *TINY,
+        *RUN,
         f"data.root={root}",
         "data.batch_size=1",
         "trainer.max_epochs=1",
