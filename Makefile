@@ -45,7 +45,7 @@ browse: $(STAMP)
 # The real-data ablation of docs/results.md (Tables 2-3 arms x 3 seeds on the ../shared/data sets, CPU, ~1.5 h);
 # `make ablation ARGS="pennfudan"` runs one dataset.
 ablation: $(STAMP)
-	PYTHON=$(PY) scripts/ablation.sh $(ARGS)
+	PYTHON=$(PY) scripts/paper/ablation.sh $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# The GPU check in one command, on a GPU machine's own Python and torch (scripts/gpu_check.py says what it
-# measures; README "Checking a GPU machine" how to read the report).
+# The GPU check in one command, on a GPU machine's own Python and torch (scripts/gpu/gpu_check.py says what
+# it measures; README "Checking a GPU machine" how to read the report).
 #
 #   bash scripts/gpu_check.sh [gpu_check.py options]     # e.g. --deadline 540, --parts train_bf16 table7
 #
-# The project's packages that such a machine lacks travel as wheels in .whl/ (scripts/device_wheels.sh makes
-# them here): they are installed with --no-deps into a temporary site, never over the machine's own packages,
-# and put on PYTHONPATH after src/. Where the Python in use already has them (this project's .venv), nothing
-# is installed. The report goes to $OUT/gpu_check.json and every part's output to $OUT/gpu_check.log ($OUT: the
-# device tool's output folder; the current directory elsewhere). Exit status: 0 when no part failed.
+# The project's packages that such a machine lacks travel as wheels in .whl/ (scripts/gpu/device_wheels.sh
+# makes them here): they are installed with --no-deps into a temporary site, never over the machine's own
+# packages, and put on PYTHONPATH after src/. Where the Python in use already has them (this project's .venv),
+# nothing is installed. The report goes to $OUT/gpu_check.json and every part's output to $OUT/gpu_check.log
+# ($OUT: the device tool's output folder; the current directory elsewhere). Exit status: 0 when no part
+# failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 SITE=${DATNET_DEVICE_SITE:-/tmp/datnet_device_site}
 REPORT_DIR=${OUT:-.}
 if ! $PY -c "import hydra, omegaconf, pycocotools, faster_coco_eval, albumentations" 2>/dev/null; then
-  ls .whl/*.whl >/dev/null 2>&1 || { echo "gpu_check: packages missing and no .whl/: run scripts/device_wheels.sh" >&2; exit 2; }
+  ls .whl/*.whl >/dev/null 2>&1 || { echo "gpu_check: packages missing and no .whl/: run scripts/gpu/device_wheels.sh" >&2; exit 2; }
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 2
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-exec $PY scripts/gpu_check.py --out "$REPORT_DIR/gpu_check.json" --log "$REPORT_DIR/gpu_check.log" "$@"
+exec $PY scripts/gpu/gpu_check.py --out "$REPORT_DIR/gpu_check.json" --log "$REPORT_DIR/gpu_check.log" "$@"

@@ -49,7 +49,8 @@ from datnet.data.image_io import ImageLoadError, read_rgb
 from datnet.data.transforms import image_to_uint8_tensor
 from datnet.evaluation.coco_results import ImageResults
 from datnet.models import fold_batchnorm_, load_model_checkpoint
-from datnet.training.run import for_checkpoint, with_training_run_config
+from datnet.runs.build import build_model as build_run_model
+from datnet.runs.config import for_checkpoint, with_run_config
 from datnet.visualization import aux_panels, class_colors, draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -88,7 +89,7 @@ def run_config(overrides: list[str], checkpoint: str | None) -> tuple[DictConfig
     cfg = composed
     if checkpoint:
         composed.ckpt_path = checkpoint
-        cfg = with_training_run_config(composed, overrides)
+        cfg = with_run_config(composed, overrides)
     keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
     for size in EVAL_SIZES:
         if f"model.detector.{size}" not in keys:
@@ -111,7 +112,7 @@ def build_model(cfg: DictConfig, data: DetectionDataModule, checkpoint: str | No
     """``cfg.model`` for the classes of ``data`` with the checkpoint's weights (random without one; a
     torchvision COCO detector's 91 indices mapped to the data's category ids), resizing raw images itself, in
     eval mode with BatchNorm folded into the convolutions."""
-    model = instantiate(cfg.model, num_classes=data.num_classes, resize_images=True)
+    model = build_run_model(cfg, data, resize_images=True)
     if checkpoint:
         strict = cfg.model.get("checkpoint_strict", True)
         load_model_checkpoint(model, checkpoint, strict, data.label_to_category_id, data.class_names)

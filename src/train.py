@@ -4,8 +4,11 @@ import hydra
 from omegaconf import DictConfig
 
 import datnet.configs  # noqa: F401  (sets PROJECT_ROOT for conf/paths)
-from datnet.training.run import train
-from datnet.training.sweep import run_task
+from datnet.runs.resolvers import register_resolvers
+from datnet.runs.sweep import run_task
+from datnet.runs.tasks import train
+
+register_resolvers()  # conf/hydra/default.yaml uses them
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

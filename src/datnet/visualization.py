@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from datnet.data.aux_targets import DT_BIN_EDGES, IGNORE
-from datnet.models.datnet import DATNetTransform
+from datnet.contract import IGNORE, unpack_target
+from datnet.data.aux_targets import DT_BIN_EDGES
 
 MASK_THRESHOLD = 0.5
 IGNORE_COLOR = (255, 255, 255)
@@ -48,7 +48,7 @@ def draw_detections(
 def draw_targets(image: Tensor, target: dict[str, Tensor], names: list[str], colors: list) -> Tensor:
     """``image`` (3xHxW) as uint8 with a data loader target's instances: masks (``masks`` NxHxW, or
     ``masks_packed`` as the loaders send them), boxes and class names."""
-    target = DATNetTransform.unpack_target(target, int(image.shape[-1]))
+    target = unpack_target(target, int(image.shape[-1]))
     labels = target["labels"].tolist()
     masks = target["masks"].bool() if "masks" in target else None
     return draw_instances(image, target["boxes"], labels, [names[label] for label in labels], colors, masks)

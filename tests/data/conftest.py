@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datnet.models import DATNetTransform
+from datnet.contract import unpack_target
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def tiny_coco(shared_data_dir) -> Path:
 
 def dense_masks(image: torch.Tensor, target: dict) -> torch.Tensor:
     """The uint8 NxHxW masks of a dataset sample, unpacked from its `masks_packed` as the model does."""
-    return DATNetTransform.unpack_target(target, image.shape[-1])["masks"]
+    return unpack_target(target, image.shape[-1])["masks"]
 
 
 @pytest.fixture

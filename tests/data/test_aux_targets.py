@@ -12,7 +12,8 @@ from pycocotools import mask as mask_utils
 from scipy.ndimage import distance_transform_edt
 
 from datnet.configs import compose_config
-from datnet.data.aux_targets import IGNORE, dense_aux_targets, sample_cell_centres
+from datnet.contract import IGNORE
+from datnet.data.aux_targets import dense_aux_targets, sample_cell_centres
 from datnet.data.coco import load_coco
 from datnet.data.dataset import DetectionDataset
 from datnet.data.transforms import AugmentConfig, build_transforms

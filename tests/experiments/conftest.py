@@ -31,7 +31,8 @@ TINY = [
     "data.multiscale=false",
     "trainer.fast_dev_run=true",
     "logger=csv",
-    "callbacks.model_checkpoint=null",
+    "callbacks.best_checkpoint=null",
+    "callbacks.last_checkpoint=null",
     "callbacks.rich_progress_bar=null",
     "callbacks.rich_model_summary=null",
 ]

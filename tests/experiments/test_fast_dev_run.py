@@ -2,7 +2,7 @@
 
 import pytest
 
-from datnet.training.run import train
+from datnet.runs.tasks import train
 
 # One row per table, chosen to cover the switches: X101 recipe + MST, an aux head alone, FPN pooling with
 # res5, Light MST, the sum4conv fusion (RPN recall), and Faster R-CNN (no mask head).

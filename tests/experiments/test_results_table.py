@@ -1,4 +1,4 @@
-"""scripts/results_table.py renders the paper's numbers beside ours from run directories."""
+"""scripts/paper/results_table.py renders the paper's numbers beside ours from run directories."""
 
 import importlib.util
 import json
@@ -11,7 +11,7 @@ from datnet.configs import PROJECT_ROOT
 
 def load_script():
     spec = importlib.util.spec_from_file_location(
-        "results_table", PROJECT_ROOT / "scripts" / "results_table.py"
+        "results_table", PROJECT_ROOT / "scripts" / "paper" / "results_table.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -121,7 +121,7 @@ def test_whole_model_checkpoint_of_an_imagenet_run_loads_offline(tmp_path, monke
     """``model.checkpoint`` (and eval.py / predict.py through ``backbone_for_checkpoint``) never looks for
     the ImageNet file, and builds the frozen BatchNorm the checkpoint was trained with (strict load)."""
     from datnet.models import build_datnet
-    from datnet.training.run import for_checkpoint
+    from datnet.runs.config import for_checkpoint
 
     seeded = tmp_path / "seeded"
     monkeypatch.setenv("TORCH_HOME", str(seeded))

@@ -20,7 +20,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from datnet.configs import compose_config
 from datnet.models import load_model_checkpoint
-from datnet.training.run import evaluate, for_checkpoint
+from datnet.runs.config import for_checkpoint
+from datnet.runs.tasks import evaluate
 
 from .conftest import small_model
 

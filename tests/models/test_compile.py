@@ -16,9 +16,9 @@ from hydra.utils import instantiate
 from torch import Tensor, fx
 
 from datnet.configs import compose_config
+from datnet.lightning import module
 from datnet.models import compile_dense_
-from datnet.training import module
-from datnet.training.run import train
+from datnet.runs.tasks import train
 
 from .conftest import make_target, small_model
 

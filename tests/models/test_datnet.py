@@ -277,7 +277,7 @@ def test_whole_model_checkpoint_loads(tmp_path, lightning_format):
 
 def test_model_report_matches_table7():
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "model_report.py"), "--json"],
+        [sys.executable, str(ROOT / "scripts" / "paper" / "model_report.py"), "--json"],
         check=True,
         capture_output=True,
         text=True,

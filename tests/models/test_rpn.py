@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
-from datnet.models.mixed_precision import Float32AnchorGenerator
-from datnet.models.rpn import BatchTopNRegionProposalNetwork, top_n_over_batch
+from datnet.models.mixed_precision import Float32AnchorGenerator, Float32BoxCoder
+from datnet.models.rpn import BatchTopNRegionProposalNetwork, Float32RegionProposalNetwork, top_n_over_batch
 
 from .conftest import SMALL_DETECTOR, small_model
 
@@ -18,11 +19,14 @@ def separate_boxes(n: int) -> torch.Tensor:
     return torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], dim=1)
 
 
-def tiny_rpn(post_nms_top_n: int) -> RegionProposalNetwork:
-    """torchvision's RPN on one 8-channel level, keeping ``post_nms_top_n`` proposals per image."""
-    return RegionProposalNetwork(
+def tiny_rpn(
+    post_nms_top_n: int, rpn: type[RegionProposalNetwork] = RegionProposalNetwork, head: RPNHead | None = None
+) -> RegionProposalNetwork:
+    """An ``rpn`` (torchvision's by default) on one 8-channel level, keeping ``post_nms_top_n`` proposals per
+    image (the top N of the batch in training for ``BatchTopNRegionProposalNetwork``)."""
+    return rpn(
         AnchorGenerator(((16, 32),), ((0.5, 1.0, 2.0),)),
-        RPNHead(8, 6),
+        head or RPNHead(8, 6),
         0.7,
         0.3,
         64,
@@ -38,7 +42,7 @@ def test_hand_built_batch_where_per_image_and_per_batch_top_n_differ():
     all 8 logits (5, 4, 3): two of the first image, one of the second (maskrcnn-benchmark). At test, per
     image."""
     torchvision_rpn = tiny_rpn(3)
-    ours = BatchTopNRegionProposalNetwork.from_rpn(torchvision_rpn)
+    ours = tiny_rpn(3, BatchTopNRegionProposalNetwork)
     proposals = torch.stack([separate_boxes(4), separate_boxes(4)])
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0], [0.0, -1.0, 5.0, -2.0]])
     args = (proposals, logits, [(20, 100), (20, 100)], [4])
@@ -62,13 +66,16 @@ def test_top_n_over_batch_keeps_everything_when_the_batch_has_at_most_n():
 
 
 def test_config_switch_swaps_the_rpn_and_keeps_the_state_dict_and_settings():
-    """``detector.rpn_post_nms_per_batch``: the same weights and settings (float32 anchors included)."""
+    """``detector.rpn_post_nms_per_batch``: the same weights and settings (float32 geometry included)."""
     torch.manual_seed(0)
     default = small_model("maskrcnn")
     torch.manual_seed(0)
     ours = small_model("maskrcnn", detector={**SMALL_DETECTOR, "rpn_post_nms_per_batch": True})
-    assert type(default.rpn) is RegionProposalNetwork and isinstance(ours.rpn, BatchTopNRegionProposalNetwork)
-    assert isinstance(ours.rpn.anchor_generator, Float32AnchorGenerator)
+    assert type(default.rpn) is Float32RegionProposalNetwork
+    assert type(ours.rpn) is BatchTopNRegionProposalNetwork
+    for rpn in (default.rpn, ours.rpn):
+        assert isinstance(rpn.anchor_generator, Float32AnchorGenerator)
+        assert isinstance(rpn.box_coder, Float32BoxCoder)
     for key, value in default.state_dict().items():
         torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=0)
     for name in ("_pre_nms_top_n", "_post_nms_top_n", "nms_thresh", "score_thresh", "min_size"):
@@ -82,7 +89,7 @@ def test_training_forward_gives_n_proposals_per_batch_and_torchvisions_losses():
     ours 20 in all; the losses (which do not depend on the selection) are torchvision's."""
     torch.manual_seed(0)
     torchvision_rpn = tiny_rpn(20)
-    ours = BatchTopNRegionProposalNetwork.from_rpn(torchvision_rpn)
+    ours = tiny_rpn(20, BatchTopNRegionProposalNetwork, head=torchvision_rpn.head)
     images = ImageList(torch.zeros(2, 3, 64, 64), [(64, 64), (64, 64)])
     features = {"0": torch.randn(2, 8, 16, 16)}
     targets = [
@@ -96,3 +103,24 @@ def test_training_forward_gives_n_proposals_per_batch_and_torchvisions_losses():
     assert [len(b) for b in theirs_boxes] == [20, 20] and sum(len(b) for b in our_boxes) == 20
     for key, value in theirs_losses.items():
         torch.testing.assert_close(our_losses[key], value, rtol=0, atol=0)
+
+
+def test_detector_settings_are_torchvisions_maskrcnn_defaults():
+    """The RPN, ROI heads and transform ``build_datnet`` assembles have the settings torchvision's
+    ``MaskRCNN`` gives the same keyword arguments: anchors (FPN's, ``ANCHOR_SIZES``), RPN and ROI sampling,
+    NMS, top N, box coder weights, image sizes and normalisation."""
+    ours = small_model("maskrcnn")
+    theirs = MaskRCNN(ours.backbone, num_classes=5, **SMALL_DETECTOR)
+    anchors, stock = ours.rpn.anchor_generator, theirs.rpn.anchor_generator
+    assert (anchors.sizes, anchors.aspect_ratios) == (stock.sizes, stock.aspect_ratios)
+    for name in ("_pre_nms_top_n", "_post_nms_top_n", "nms_thresh", "score_thresh", "min_size"):
+        assert getattr(ours.rpn, name) == getattr(theirs.rpn, name), name
+    for name in ("score_thresh", "nms_thresh", "detections_per_img"):
+        assert getattr(ours.roi_heads, name) == getattr(theirs.roi_heads, name), name
+    for part in ("rpn", "roi_heads"):
+        ours_part, theirs_part = getattr(ours, part), getattr(theirs, part)
+        assert vars(ours_part.proposal_matcher) == vars(theirs_part.proposal_matcher)
+        assert vars(ours_part.fg_bg_sampler) == vars(theirs_part.fg_bg_sampler)
+        assert vars(ours_part.box_coder) == vars(theirs_part.box_coder)
+    for name in ("min_size", "max_size", "image_mean", "image_std", "size_divisible", "fixed_size"):
+        assert getattr(ours.transform, name) == getattr(theirs.transform, name), name

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from datnet.data.masks import pack_masks
+from datnet.contract import pack_masks, unpack_target
 from datnet.models import DATNetTransform
 
 from .conftest import small_model
@@ -36,12 +36,12 @@ def test_packed_masks_unpack_exactly(width, count):
     packed = torch.from_numpy(pack_masks(masks))
     assert packed.shape == (count, 11, -(-width // 8)) and packed.dtype == torch.uint8
     target = {"masks_packed": packed, "labels": torch.ones(count, dtype=torch.int64)}
-    unpacked = DATNetTransform.unpack_target(target, width)
+    unpacked = unpack_target(target, width)
     assert set(unpacked) == {"masks", "labels"} and "masks_packed" in target  # the caller's dict is kept
     assert unpacked["masks"].dtype == torch.uint8 and unpacked["masks"].is_contiguous()
     assert torch.equal(unpacked["masks"], torch.from_numpy(masks))
     dense = {"masks": torch.from_numpy(masks)}
-    assert DATNetTransform.unpack_target(dense, width) is dense
+    assert unpack_target(dense, width) is dense
 
 
 @pytest.mark.parametrize("resize_images", [False, True])

@@ -1,4 +1,5 @@
-"""The real-data ablation (docs/results.md): its configs, its report, and scripts/ablation.sh end to end."""
+"""The real-data ablation (docs/results.md): its configs, its report, and scripts/paper/ablation.sh end to
+end."""
 
 import json
 import os
@@ -61,7 +62,7 @@ def write_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None)
 
 
 def test_report_means_spreads_and_paired_differences(load_script, tmp_path):
-    report = load_script("ablation_report")
+    report = load_script("paper/ablation_report")
     sweep = tmp_path / "toy"
     sweep.mkdir()
     (sweep / "multirun.yaml").write_text("{}")
@@ -89,16 +90,16 @@ def test_report_means_spreads_and_paired_differences(load_script, tmp_path):
 
 def test_report_names_a_folder_without_sweeps(load_script, tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        load_script("ablation_report").build_reports(tmp_path)
+        load_script("paper/ablation_report").build_reports(tmp_path)
 
 
 def test_ablation_script_runs_arms_and_seeds_and_reports(shared_data_dir, tmp_path):
-    """`scripts/ablation.sh` as a user runs it (two arms x two seeds on Penn-Fudan, one step each)."""
+    """`scripts/paper/ablation.sh` as a user runs it (two arms x two seeds on Penn-Fudan, one step each)."""
     shared_data_dir("PennFudanPed")  # skips with the reason when the shared data is absent
     env = {**os.environ, "PYTHON": sys.executable, "SEEDS": "0,1", "ARMS": "maskrcnn,dt"}
     env["OUT"] = str(tmp_path)
     tiny = ["trainer.fast_dev_run=true", "data.min_size=96", "data.max_size=128", "data.num_workers=0"]
-    command = ["bash", "scripts/ablation.sh", "pennfudan", *tiny]
+    command = ["bash", "scripts/paper/ablation.sh", "pennfudan", *tiny]
     out = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(list((tmp_path / "pennfudan").glob("*/metrics.json"))) == 4

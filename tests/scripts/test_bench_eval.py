@@ -1,10 +1,11 @@
-"""scripts/bench_eval.py on 50 simulated images: both evaluation paths measured, with the same metrics."""
+"""scripts/bench/bench_eval.py on 50 simulated images: both evaluation paths measured, with the same
+metrics."""
 
 import json
 
 
 def test_eval_benchmark_reports_both_paths(load_script, capsys, monkeypatch):
-    bench = load_script("bench_eval")
+    bench = load_script("bench/bench_eval")
     monkeypatch.setattr("sys.argv", ["bench", "--images", "50", "--json"])
     bench.main()
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -1,7 +1,7 @@
 """The code runs on the GPU machine's older packages: every torch / torchvision / Lightning module, name and
 attribute that ``src/``, ``scripts/`` and the ``_target_`` of ``conf/`` use exists in torch 2.11.0 and
 torchvision 0.26.0, checked against ``tests/scripts/device_api_manifest.json`` (written from those versions by
-``scripts/device_api_manifest.py``), without them installed and without the network."""
+``scripts/gpu/device_api_manifest.py``), without them installed and without the network."""
 
 import json
 from collections.abc import Iterable
@@ -32,7 +32,7 @@ class ManifestApi:
 
 @pytest.fixture(scope="module")
 def tool(load_script):
-    return load_script("device_api_manifest")
+    return load_script("gpu/device_api_manifest")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_every_reference_exists_on_the_gpu_machine(tool, manifest, api):
     broken = unresolved(tool, api, references)
     assert not broken, (
         f"not in the GPU machine's {manifest['versions']} (absent there, or a module the manifest does not "
-        "record: then regenerate it with `.venv-device/bin/python scripts/device_api_manifest.py`):\n"
+        "record: then regenerate it with `.venv-device/bin/python scripts/gpu/device_api_manifest.py`):\n"
         + "\n".join(broken)
     )
 

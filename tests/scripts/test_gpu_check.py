@@ -1,5 +1,5 @@
-"""scripts/gpu_check.py on a CPU: the dry run, the driver's handling of failing and slow parts, and one GPU
-part (the model checks) run at toy sizes on the CPU (``--smoke``)."""
+"""scripts/gpu/gpu_check.py on a CPU: the dry run, the driver's handling of failing and slow parts, and one
+GPU part (the model checks) run at toy sizes on the CPU (``--smoke``)."""
 
 import json
 import os
@@ -15,13 +15,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def gpu_check(load_script):
-    return load_script("gpu_check")
+    return load_script("gpu/gpu_check")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is what a machine without CUDA does")
 def test_dry_run_reports_environment_and_skips_gpu_parts(tmp_path):
     out = subprocess.run(
-        [sys.executable, "scripts/gpu_check.py", "--parts", "environment", "model_checks"]
+        [sys.executable, "scripts/gpu/gpu_check.py", "--parts", "environment", "model_checks"]
         + ["--work-dir", str(tmp_path), "--out", str(tmp_path / "report.json")],
         cwd=REPO,
         capture_output=True,
@@ -74,7 +74,7 @@ def test_model_checks_on_cpu_at_toy_size(gpu_check, tmp_path):
     (finite losses and gradients, no box or mask loss), and proposals and boxes stay float32."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     out = subprocess.run(
-        [sys.executable, "scripts/gpu_check.py", "--smoke", "--parts", "model_checks"]
+        [sys.executable, "scripts/gpu/gpu_check.py", "--smoke", "--parts", "model_checks"]
         + ["--work-dir", str(tmp_path)],
         cwd=REPO,
         env=env,

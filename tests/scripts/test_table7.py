@@ -1,4 +1,4 @@
-"""scripts/table7.py on tiny settings: well-formed JSON rows, ratios, parameter counts."""
+"""scripts/paper/table7.py on tiny settings: well-formed JSON rows, ratios, parameter counts."""
 
 import contextlib
 import io
@@ -25,7 +25,7 @@ def rows(load_script, tmp_path_factory) -> list[dict]:
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
         mp.setenv("DATNET_SHARED_DATA", str(tmp_path_factory.mktemp("no_data")))
-        load_script("table7").main([*TINY, "--json"])
+        load_script("paper/table7").main([*TINY, "--json"])
     lines = out.getvalue().strip().splitlines()
     assert len(lines) == 1, out.getvalue()
     return json.loads(lines[0])
@@ -78,7 +78,7 @@ def test_random_weights_keep_every_detection(rows):
 
 
 def test_table_output(load_script, rows, capsys):
-    table7 = load_script("table7")
+    table7 = load_script("paper/table7")
     table7.print_table(rows, "random", table7.parse_args(TINY))
     lines = capsys.readouterr().out.splitlines()
     assert "ms/img" in lines[1]

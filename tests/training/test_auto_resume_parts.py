@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 from omegaconf import OmegaConf
-from pytorch_lightning import Trainer
 
-from datnet.training.callbacks import RequeueOnSignal
-from datnet.training.loggers import instantiate_loggers, wandb_run_id
-from datnet.training.resume import ResumePlan, keep_total_batch, plan_resume, restore_rng_states
+from datnet.lightning.checkpoints import restore_rng_states
+from datnet.lightning.requeue import RequeueOnSignal
+from datnet.runs.loggers import instantiate_loggers, wandb_run_id
+from datnet.runs.resume import ResumePlan, accumulation_for, plan_resume
 
 
 def test_auto_resume_takes_its_own_last_checkpoint_and_refuses_another_configs(tmp_path):
@@ -63,11 +63,12 @@ def test_the_wandb_run_id_is_kept_in_the_run_directory(tmp_path):
 
 
 def test_a_resumed_run_keeps_its_total_batch_by_accumulation():
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
-    keep_total_batch(trainer, 2, ResumePlan("x.ckpt", 10, total_batch_size=16, world_size=8))
-    assert trainer.accumulate_grad_batches == 8  # 2 images x 1 rank x 8 = the run's 16 per step
+    run = ResumePlan("x.ckpt", 10, total_batch_size=16, world_size=8)
+    assert accumulation_for(run, 2, 1, 1) == 8  # 2 images x 1 rank x 8 = the run's 16 per step
+    assert accumulation_for(run, 2, 8, 1) == 1  # the run's own ranks
+    assert accumulation_for(ResumePlan("x.ckpt", 10), 2, 1, 3) == 3  # the checkpoint does not say
     with pytest.raises(ValueError, match="16 images per step; 3 per rank x 1 ranks"):
-        keep_total_batch(trainer, 3, ResumePlan("x.ckpt", 10, total_batch_size=16, world_size=8))
+        accumulation_for(run, 3, 1, 1)
 
 
 def test_rng_states_of_the_devices_that_exist_are_restored_the_rest_reported(monkeypatch, caplog):

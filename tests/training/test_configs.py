@@ -52,12 +52,14 @@ def test_deterministic_true_warns_instead_of_failing(tiny_config, shapes_overrid
     warning (not an error, as on CUDA for roi_align's backward) where they do not."""
     import torch
 
-    from datnet.training.run import build_components
+    from datnet.runs.build import build_trainer
+    from datnet.runs.plan import plan_training
 
     cfg = tiny_config([*shapes_overrides, "trainer.deterministic=true"])
     try:
-        build_components(cfg, with_callbacks=False)
-        assert cfg.trainer.deterministic == "warn"
+        plan = plan_training(cfg)
+        build_trainer(plan, callbacks=[])
+        assert plan.cfg.trainer.deterministic == "warn"
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
     finally:

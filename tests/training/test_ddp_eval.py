@@ -3,7 +3,7 @@ give the same metrics as 1 process."""
 
 import pytest
 
-from datnet.training.run import train
+from datnet.runs.tasks import train
 
 
 @pytest.fixture
@@ -12,7 +12,8 @@ def odd_shapes(shapes_overrides) -> list[str]:
 
 
 def test_two_process_validation_equals_one_process(tiny_config, odd_shapes, tmp_path):
-    common = [*odd_shapes, "train=false", "callbacks.model_checkpoint=null", "seed=3"]
+    no_checkpoints = ["callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null"]
+    common = [*odd_shapes, "train=false", *no_checkpoints, "seed=3"]
     single = train(tiny_config([*common, f"paths.output_dir={tmp_path / 'one'}"]))
     double = train(
         tiny_config(

@@ -11,8 +11,8 @@ import pytest
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from datnet.evaluation.per_class import CSV_NAME, MARKDOWN_NAME
-from datnet.training.loggers import log_wandb_table
-from datnet.training.run import evaluate, train
+from datnet.lightning.tables import log_wandb_table
+from datnet.runs.tasks import evaluate, train
 
 AUX_KEYS = {"val/aux/dt_acc", "val/aux/dt_miou", "val/aux/seg_miou"}
 SHAPES = ["circle", "square", "triangle"]
@@ -68,7 +68,7 @@ def test_maskrcnn_has_no_aux_metrics(tiny_config, shapes_overrides):
             [
                 "model=maskrcnn",
                 *cheap(shapes_overrides),
-                "callbacks.model_checkpoint=null",
+                "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null",
                 "trainer.fast_dev_run=true",
             ]
         )

@@ -11,9 +11,9 @@ import torch
 from pytorch_lightning import Trainer
 from torch import nn
 
-from datnet.training.callbacks import LastAndBestCheckpoint
-from datnet.training.module import DATNetModule
-from datnet.training.recipe import Recipe
+from datnet.lightning.checkpoints import LastCheckpoint
+from datnet.lightning.module import DATNetModule
+from datnet.lightning.schedule import Recipe
 
 
 class ScalarDetector(nn.Module):
@@ -56,7 +56,7 @@ def trainer(max_steps: int, callbacks=(), **kwargs) -> Trainer:
         max_steps=max_steps,
         limit_val_batches=0,
         logger=False,
-        enable_checkpointing=any(isinstance(c, LastAndBestCheckpoint) for c in callbacks),
+        enable_checkpointing=any(isinstance(c, LastCheckpoint) for c in callbacks),
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=list(callbacks),
@@ -98,7 +98,7 @@ def test_nan_loss_stops_at_the_next_check_naming_the_step(monkeypatch):
 
 def test_nan_loss_never_reaches_a_checkpoint(tmp_path):
     """The step-6 ``last.ckpt`` save checks first: the run stops there, the step-3 file is kept."""
-    checkpoint = LastAndBestCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=3)
+    checkpoint = LastCheckpoint(dirpath=tmp_path, every_n_train_steps=3)
     fit_trainer = trainer(20, [checkpoint])
     with pytest.raises(FloatingPointError, match="non-finite loss at step 4 "):
         fit_trainer.fit(module(50, 20), loader(Data(20, 4)))

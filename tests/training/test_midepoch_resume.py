@@ -9,7 +9,7 @@ import pytest
 import torch
 from pytorch_lightning import Callback
 
-from datnet.training.run import train
+from datnet.runs.tasks import train
 
 
 class RecordImageIds(Callback):
@@ -44,8 +44,7 @@ RUN = [
     "schedule.checkpoint_every=2",
     "schedule.reference_batch_size=2",
     "schedule.val_every=100",
-    "callbacks.model_checkpoint.monitor=null",
-    "callbacks.model_checkpoint.save_top_k=0",
+    "callbacks.best_checkpoint=null",
 ]
 
 

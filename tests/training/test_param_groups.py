@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from datnet.training.module import DATNetModule
-from datnet.training.param_groups import is_bias, parameter_groups
-from datnet.training.recipe import Recipe
+from datnet.lightning.module import DATNetModule
+from datnet.lightning.param_groups import is_bias, parameter_groups
+from datnet.lightning.schedule import Recipe
 
 
 class TinyDetector(nn.Module):

@@ -18,7 +18,7 @@ def test_prediction_panels_are_logged_to_wandb_offline(tmp_path, shapes_override
             "trainer.max_steps=1",
             "schedule.val_every=1",
             "trainer.limit_val_batches=1",
-            "callbacks.model_checkpoint=null",
+            "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null",
             "callbacks.prediction_images.every_n_batches=1",
             "callbacks.prediction_images.score_threshold=0.0",
             f"hydra.run.dir={tmp_path / 'run'}",

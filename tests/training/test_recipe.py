@@ -1,11 +1,12 @@
 """The paper's schedule and the linear scaling rule."""
 
 import pytest
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from datnet.configs import compose_config
-from datnet.training.recipe import scale_intervals, scale_recipe, scale_steps
-from datnet.training.run import build_components, make_module
+from datnet.lightning.checkpoints import LastCheckpoint
+from datnet.lightning.schedule import scale_intervals, scale_recipe, scale_steps
+from datnet.runs.build import build_data_and_model, build_module, build_trainer, training_callbacks
+from datnet.runs.plan import plan_training
 
 
 def test_coco_1x_at_reference_batch_is_the_paper_schedule():
@@ -83,7 +84,8 @@ def test_scale_steps_rounds_up_and_keeps_zero():
 
 @pytest.mark.parametrize(("devices", "val_every", "checkpoint_every"), [(1, 80000, 40000), (8, 10000, 5000)])
 def test_trainer_and_checkpoint_get_the_scaled_intervals(tmp_path, devices, val_every, checkpoint_every):
-    """Through the composed config and build_components: 1x with 2 images per rank on 1 and 8 (CPU) ranks."""
+    """Through the composed config, the run plan and the objects built from it: 1x with 2 images per rank on 1
+    and 8 (CPU) ranks."""
     cfg = compose_config(
         [
             "trainer=cpu",
@@ -102,12 +104,14 @@ def test_trainer_and_checkpoint_get_the_scaled_intervals(tmp_path, devices, val_
         config_name="train",
     )
     assert cfg.schedule.val_every == 10000 and cfg.schedule.reference_batch_size == 16
-    _, model, trainer = build_components(cfg)
-    assert trainer.world_size == devices
+    plan = plan_training(cfg)
+    _, model = build_data_and_model(plan.cfg)
+    trainer = build_trainer(plan, training_callbacks(plan))
+    assert trainer.world_size == plan.world_size == devices
     assert trainer.val_check_interval == val_every
-    (checkpoint,) = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
-    assert checkpoint._every_n_train_steps == checkpoint_every
-    module = make_module(cfg, model, trainer, tmp_path / "results")
+    (checkpoint,) = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
+    assert checkpoint.every_n_train_steps == checkpoint_every
+    module = build_module(plan, model)
     assert trainer.max_steps / trainer.val_check_interval == 9  # 9 validations, as at 16 images per step
     assert module.recipe.max_steps == trainer.max_steps
     assert module.recipe.warmup_steps == 500 * 16 // (2 * devices)  # scaled like every iteration count

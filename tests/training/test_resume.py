@@ -7,7 +7,7 @@ import pytest
 import torch
 from pytorch_lightning import Callback
 
-from datnet.training.run import train
+from datnet.runs.tasks import train
 
 
 class Kill(Callback):
@@ -33,8 +33,7 @@ RUN = [
     "schedule.milestones=[3]",  # warm-up, then a decay, inside the 4 steps
     "data.hflip_prob=0",
     "data.color_jitter=0",
-    "callbacks.model_checkpoint.monitor=null",
-    "callbacks.model_checkpoint.save_top_k=0",
+    "callbacks.best_checkpoint=null",
 ]
 
 

@@ -28,7 +28,7 @@ RUN = [
     *(o for o in TINY if o != "data.num_workers=0"),
     "data.num_workers=1",
     *QUIET,
-    "callbacks.model_checkpoint=null",
+    "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null",
 ]
 
 

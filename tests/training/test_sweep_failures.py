@@ -20,8 +20,8 @@ from hydra.types import RunMode
 from omegaconf import read_write
 
 from datnet.configs import CONF_DIR
-from datnet.training.job_process import JOB_ENV, Rank, processes_with, rank_environments, stop_job
-from datnet.training.sweep import run_task
+from datnet.runs.job_process import JOB_ENV, Rank, processes_with, rank_environments, stop_job
+from datnet.runs.sweep import run_task
 
 from .conftest import QUIET, TINY
 

@@ -7,11 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from datnet.training.run import evaluate, train
+from datnet.runs.tasks import evaluate, train
 
 REPO = Path(__file__).resolve().parents[2]
 PRESETS = ["maskrcnn", "light", "heavy"]
-NO_CHECKPOINT = ["callbacks.model_checkpoint=null", "trainer.fast_dev_run=true"]
+NO_CHECKPOINT = [
+    "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null",
+    "trainer.fast_dev_run=true",
+]
 METRIC_KEYS = {"val/bbox/AP", "val/bbox/AP50", "val/segm/AP", "val/rpn/AR@100", "val/rpn/AR@1000"}
 
 
@@ -110,7 +113,7 @@ def test_test_dev_writes_result_files(tiny_config, shapes_overrides, tmp_path):
     """A test split given as an image-info file (no annotations, like COCO test-dev) gives COCO result files
     with the dataset's original category ids, for the images of that file."""
     root = Path(tiny_config(shapes_overrides).data.root)
-    train(tiny_config([*shapes_overrides, "trainer.fast_dev_run=true", "callbacks.model_checkpoint=null"]))
+    train(tiny_config([*shapes_overrides, *NO_CHECKPOINT]))
     info = json.loads((root / "annotations" / "instances_val2017.json").read_text())
     info = {"images": info["images"], "categories": info["categories"]}
     (tmp_path / "image_info.json").write_text(json.dumps(info))
@@ -120,7 +123,7 @@ def test_test_dev_writes_result_files(tiny_config, shapes_overrides, tmp_path):
                 *shapes_overrides,
                 "train=false",
                 "test=true",
-                "callbacks.model_checkpoint=null",
+                "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null",
                 f"+data.test_ann_file={tmp_path / 'image_info.json'}",
                 "+data.test_img_dir=val2017",
                 "+model.detector.box_score_thresh=0.0",

@@ -10,7 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from datnet.configs import compose_config
-from datnet.training.loggers import resolved_config
+from datnet.runs.config import resolved_config
 
 from .conftest import QUIET, TINY
 

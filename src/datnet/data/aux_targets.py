@@ -8,8 +8,8 @@ Definitions (all on the pixels of the image the model sees, H x W):
 * `dt` bins D with K=4: 0 background, 1 for 0 < D <= 0.2, 2 for 0.2 < D <= 0.4, 3 for D > 0.4.
 * `sem` is the contiguous class label (0 background). Where instances overlap, the SMALLEST instance (fewest
   pixels) wins, i.e. instances are painted in order of decreasing area; ties keep the later instance.
-* Ignore regions (crowd annotations, VOC void, excluded difficult objects) get IGNORE (255) in both maps,
-  except on pixels that a regular instance covers.
+* Ignore regions (crowd annotations, VOC void, excluded difficult objects) get the ignore label
+  (``datnet.contract.IGNORE``, 255) in both maps, except on pixels that a regular instance covers.
 
 The transform is computed per instance on its bounding-box crop padded by one outside pixel, which is exact
 (the nearest outside pixel of an inside pixel is never farther than the padding ring), so the cost scales with
@@ -27,7 +27,8 @@ central pixel rows and columns (7/8 of it there), so the stride-4 loss is the im
 subsampled at one pixel per cell. A subsample keeps each bin's share of the pixels in expectation over the
 objects' sub-cell positions; a majority vote of the 4x4 blocks is biased against thin regions, such as the
 bin-1 ring of objects under ~64 px (1-3 px wide) and objects under a few pixels, which it drops wherever
-they fill less than half a block. The cell grid is (ceil(H/s), ceil(W/s)), the heads' logits on the image.
+they fill less than half a block. The cell grid is (ceil(H/s), ceil(W/s)) (``datnet.contract.grid_shape``),
+the heads' logits on the image.
 """
 
 from __future__ import annotations
@@ -37,23 +38,13 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-IGNORE = 255
+from datnet.contract import IGNORE, check_stride, grid_shape
+
 DT_BIN_EDGES = (0.2, 0.4)
 """Upper edges of DT bins 1 and 2 (bin 3 is everything above 0.4), Sec. 3.1."""
 _SQUARED_EDGES = tuple((f.numerator, f.denominator) for f in (Fraction(str(e)) ** 2 for e in DT_BIN_EDGES))
 """DT_BIN_EDGES squared as exact fractions, (1, 25) and (4, 25): D > 0.2 <=> 25 d^2 > 1 max(d)^2, D > 0.4 <=>
 25 d^2 > 4 max(d)^2, decided on integer squared distances."""
-
-
-def grid_shape(height: int, width: int, stride: int) -> tuple[int, int]:
-    """Size of the stride-`stride` target grid for an image of height x width pixels."""
-    return -(-height // stride), -(-width // stride)
-
-
-def check_stride(stride: int) -> None:
-    """A clear error for a target stride (``data.aux_stride``) that is not a positive integer."""
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"data.aux_stride must be an integer >= 1 (1: pixel level), got {stride!r}")
 
 
 def _crop(mask: np.ndarray) -> tuple[np.ndarray, int, int] | None:
@@ -126,5 +117,5 @@ def dense_aux_targets(
     """(dt, sem), each uint8 (ceil(H/stride), ceil(W/stride)): the pixel-level targets of
     ``pixel_aux_targets`` at stride 1 (the paper's image-resolution loss), sampled at the cell centres
     otherwise (the cheaper stride-4 loss). See the module docstring."""
-    check_stride(stride)
+    check_stride(stride, "data.aux_stride")
     return tuple(sample_cell_centres(m, stride) for m in pixel_aux_targets(masks, labels, ignore_masks))

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, get_worker_info
 
-from datnet.data.aux_targets import check_stride
+from datnet.contract import check_stride
 from datnet.data.coco import load_coco
 from datnet.data.coco_gt import records_to_coco
 from datnet.data.dataset import DetectionDataset, collate
@@ -97,7 +97,7 @@ class DetectionDataModule(pl.LightningDataModule):
             min_size, max_size, multiscale, (lo, hi), multiscale_max_size, hflip_prob, color_jitter
         )
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
-        check_stride(aux_stride)
+        check_stride(aux_stride, "data.aux_stride")
         self.aspect_ratio_group_factor, self.aux_stride = aspect_ratio_group_factor, aux_stride
         self.seed, self.pin_memory = seed, pin_memory
         self.remove_images_without_annotations = remove_images_without_annotations

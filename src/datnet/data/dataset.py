@@ -6,18 +6,19 @@ An item is `(image, target)`:
   transform, `datnet.models.DATNetTransform`, scales it to float in [0, 1] on the device).
 * `target`: `boxes` float32 Nx4 xyxy in pixels of `image`; `labels` int64 N in 1..C; `masks_packed` uint8
   N x H x ceil(W/8), the binary instance masks at the size of `image` bit-packed along the width
-  (`datnet.data.masks.pack_masks`; for box-only data the filled box, paper Sec. 4.4), unpacked to the uint8
+  (`datnet.contract.pack_masks`; for box-only data the filled box, paper Sec. 4.4), unpacked to the uint8
   NxHxW `masks` by the model's transform; `image_id` int (original dataset id); `orig_size` int64
   [H0, W0] of the file; `area` float32 N (mask pixels in `image`); `iscrowd` int64 N (zeros: crowd regions are
   never instances); `dt`, `sem` uint8 (ceil(H/s), ceil(W/s)) dense auxiliary targets of Sec. 3.1 at the
-  stride s = `aux_stride` of the auxiliary loss (1: per pixel, the paper presets), with 255 = ignore (see
-  `aux_targets`). Unannotated data (COCO test-dev) has no instances and all-ignore `dt`/`sem`.
+  stride s = `aux_stride` of the auxiliary loss (1: per pixel, the paper presets), with 255 = ignore
+  (`datnet.contract.IGNORE`; see `aux_targets`). Unannotated data (COCO test-dev) has no instances and
+  all-ignore `dt`/`sem`. `datnet.contract` states what of this the model relies on.
 
 uint8 images and packed masks make a sample about a fifth of the bytes of float32 images with uint8 masks
-(`scripts/bench_data.py`: what workers pickle and the host copies to the device).
+(`scripts/bench/bench_data.py`: what workers pickle and the host copies to the device).
 
 An image that cannot be read yields a `SkippedSample` instead of raising; `collate` sets those apart, and the
-training module trains on the rest of the batch and counts them (`datnet.training.module`).
+training module trains on the rest of the batch and counts them (`datnet.lightning.module`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datnet.data.aux_targets import IGNORE, dense_aux_targets, grid_shape
+from datnet.contract import IGNORE, grid_shape, pack_masks
+from datnet.data.aux_targets import dense_aux_targets
 from datnet.data.image_io import ImageLoadError, read_rgb
-from datnet.data.masks import decode_masks, pack_masks
+from datnet.data.masks import decode_masks
 from datnet.data.records import Category, ImageRecord, Instance, SerializedRecords, SourceData
 from datnet.data.transforms import apply_transforms, image_to_uint8_tensor
 

@@ -1,5 +1,5 @@
-"""Instance segmentations (COCO polygons / RLE, or none) to binary masks, with pycocotools, and the bit-packed
-form in which loader workers send masks."""
+"""Instance segmentations (COCO polygons / RLE, or none) to binary masks, with pycocotools (loader workers
+send them bit-packed: ``datnet.contract.pack_masks``)."""
 
 from __future__ import annotations
 
@@ -64,13 +64,6 @@ def decode_masks(instances: list[Instance], height: int, width: int) -> np.ndarr
         return np.zeros((0, height, width), dtype=np.uint8)
     rles = [to_rle(inst.segmentation, inst.bbox, height, width) for inst in instances]
     return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))
-
-
-def pack_masks(masks: np.ndarray) -> np.ndarray:
-    """NxHxW binary masks bit-packed along the width: N x H x ceil(W/8) uint8, most significant bit first
-    (np.packbits), an eighth of the bytes. The model's transform unpacks them on the device
-    (``DATNetTransform.unpack_target``), given the image width."""
-    return np.packbits(masks, axis=-1)
 
 
 def read_label_png(path: Path) -> np.ndarray:

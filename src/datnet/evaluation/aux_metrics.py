@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from datnet.contract import IGNORE
+
 
 def predicted_labels(maps: Tensor, size: Sequence[int]) -> Tensor:
     """The per-pixel classes ``(H, W)`` of a head's softmax maps ``(C, h, w)`` on a target grid of ``size``:
@@ -47,7 +49,7 @@ class AuxHeadMetrics(nn.Module):
     classes, background included), pixels labelled ``ignore_index`` left out. A module, so that its states
     follow the LightningModule's device; its states are not saved in checkpoints."""
 
-    def __init__(self, num_dt_bins: int | None, num_classes: int | None, ignore_index: int = 255) -> None:
+    def __init__(self, num_dt_bins: int | None, num_classes: int | None, ignore_index: int = IGNORE) -> None:
         super().__init__()
         if not num_dt_bins and not num_classes:
             raise ValueError(

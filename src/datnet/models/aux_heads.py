@@ -5,9 +5,6 @@ from collections import OrderedDict
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-HEAD_STRIDE = 4
-"""Output stride of the dense heads: the resolution of ``P2``, 1/4 of the (padded) image (Sec. 3.3)."""
-
 
 def _conv_relu(channels: int) -> list[nn.Module]:
     return [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]

@@ -6,18 +6,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from datnet.models.aux_heads import HEAD_STRIDE, DenseAuxHead
+from datnet.contract import HEAD_STRIDE, IGNORE, check_stride, grid_shape
+from datnet.models.aux_heads import DenseAuxHead
 from datnet.models.fusion import FeatureFusion
 from datnet.models.losses import dense_focal_loss, upsample_logits
 
 LOSS_STRIDES = (1, 2, 4)
 """``model.aux.loss_stride`` values: the strides that divide the heads' stride 4 (1: the image, the paper)."""
-
-
-def dense_target_size(height: int, width: int, stride: int) -> tuple[int, int]:
-    """Size of the stride-``stride`` target grid of an ``height x width`` image: ``(ceil(H/s), ceil(W/s))``,
-    as the data pipeline computes it (``datnet.data.aux_targets.grid_shape``)."""
-    return -(-height // stride), -(-width // stride)
 
 
 def batch_dense_targets(
@@ -31,7 +26,7 @@ def batch_dense_targets(
     """Stack per-image stride-``stride`` target maps into ``(B, ceil(H/s), ceil(W/s))`` of the padded batch
     ``padded_size`` (H, W), the padding filled with ``ignore_index``. Each image's map must have the size of
     its image (``image_sizes``) at that stride: a map of another stride is an error, never padded."""
-    size = dense_target_size(*padded_size, stride)
+    size = grid_shape(*padded_size, stride)
     batch = torch.full(
         (len(targets), *size), ignore_index, dtype=torch.long, device=targets[0]["boxes"].device
     )
@@ -42,7 +37,7 @@ def batch_dense_targets(
                 "must compute dense auxiliary targets"
             )
         dense = target[key]
-        expected = dense_target_size(*image_size, stride)
+        expected = grid_shape(*image_size, stride)
         if tuple(dense.shape[-2:]) != expected:
             raise ValueError(
                 f"target {i} {key!r} map is {tuple(dense.shape[-2:])}; the auxiliary loss at "
@@ -76,17 +71,13 @@ class DenseAuxiliaryTasks(nn.Module):
         weights: dict[str, float],
         background_alpha: float = 0.2,
         gamma: float = 2.0,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE,
         loss_stride: int = HEAD_STRIDE,
     ) -> None:
         super().__init__()
         if not heads:
             raise ValueError("DenseAuxiliaryTasks needs at least one head")
-        if loss_stride not in LOSS_STRIDES:
-            raise ValueError(
-                f"model.aux.loss_stride must be one of {LOSS_STRIDES} (1: image resolution, the paper; "
-                f"4: the heads' stride); got {loss_stride!r}"
-            )
+        check_stride(loss_stride, "model.aux.loss_stride", LOSS_STRIDES)
         self.heads = nn.ModuleDict(heads)
         self.fusion = fusion
         self.weights = dict(weights)

@@ -1,13 +1,19 @@
 """Builds DATNet from the values of ``conf/model/*.yaml``: every switch of the paper is an argument here."""
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
+from torchvision.models import ResNet50_Weights
+from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
+from datnet.contract import HEAD_STRIDE
 from datnet.models.aux_heads import DistanceTransformHead, SemanticHead
 from datnet.models.auxiliary import DenseAuxiliaryTasks
 from datnet.models.backbone import (
@@ -18,15 +24,38 @@ from datnet.models.backbone import (
     resolve_norm,
 )
 from datnet.models.checkpoint import load_model_checkpoint
-from datnet.models.datnet import DATNet
+from datnet.models.datnet import DATNet, DATNetTransform
 from datnet.models.fusion import FeatureFusion
-from datnet.models.mixed_precision import use_float32_box_geometry_
+from datnet.models.mixed_precision import Float32AnchorGenerator
 from datnet.models.mspwa import MultiScaleAttentionPooler
 from datnet.models.roi_feature_extractors import build_box_head, build_res5
-from datnet.models.rpn import BatchTopNRegionProposalNetwork
+from datnet.models.roi_heads import Float32RoIHeads, SharedRes5RoIHeads
+from datnet.models.rpn import BatchTopNRegionProposalNetwork, Float32RegionProposalNetwork
 
 POOLED_LEVELS = ["0", "1", "2", "3"]
 MASK_HEADS = ("fpn", "res5", "none")
+# ``model.detector``: torchvision's ``MaskRCNN`` keyword arguments with its defaults, less the modules (built
+# here) and ``image_mean``/``image_std`` (``model.transform``); and the settings of its transform
+# (``size_divisible``, ``fixed_size``), which ``MaskRCNN`` passes on to ``GeneralizedRCNNTransform``.
+BUILT_HERE = {"num_classes", "image_mean", "image_std", "rpn_anchor_generator", "rpn_head"} | {
+    f"{branch}_{part}" for branch in ("box", "mask") for part in ("roi_pool", "head", "predictor")
+}
+DETECTOR_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(MaskRCNN.__init__).parameters.items()
+    if p.default is not p.empty and name not in BUILT_HERE
+}
+TRANSFORM_SETTINGS = tuple(
+    name
+    for name, p in inspect.signature(GeneralizedRCNNTransform.__init__).parameters.items()
+    if p.default is not p.empty
+)
+# FPN's anchors (Lin et al., CVPR 2017, Sec. 4.1), those of the paper's maskrcnn-benchmark settings [10, 23]
+# (RPN.ANCHOR_SIZES, RPN.ASPECT_RATIOS): one size per level P2..P6, 32 to 512 px, ratios 1:2, 1:1, 2:1.
+# torchvision's MaskRCNN has the same default, under a private name only (``faster_rcnn._default_anchorgen``):
+# tests/models/test_rpn.py pins the equality.
+ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
+ANCHOR_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * len(ANCHOR_SIZES)
 
 
 def build_pooler(
@@ -104,11 +133,14 @@ def build_datnet(
     Heavy (Fig. 4 right): ``pooler=mspwa, box_head=res5, mask_head=res5, box_pool_size=14`` - one MSPwA and
     one res5 shared by the box and mask branches; the mask is a deconv + 1x1 conv giving 14x14.
     All off (``aux.dt=aux.seg=false, pooler=fpn, box_head=2fc, mask_head=fpn``) is torchvision's Mask R-CNN.
-    ``detector`` passes torchvision ``MaskRCNN`` keyword arguments (``min_size``,
-    ``box_batch_size_per_image``, ...), and ``rpn_post_nms_per_batch``: the RPN's training top N counts over
-    the batch (``datnet.models.rpn``). ``backbone["weights"]`` is ``imagenet``, ``scratch`` (the default
-    here) or a local path (``datnet.models.backbone``); ``backbone["stride_in_1x1"]`` moves each stage's
-    stride into its first 1x1 convolution (Caffe2 weights), in the backbone and in a res5 head alike.
+    ``detector`` overrides torchvision ``MaskRCNN``'s keyword settings (``min_size``,
+    ``box_batch_size_per_image``, ..., ``size_divisible``; an unknown name is an error), and sets
+    ``rpn_post_nms_per_batch``: the RPN's training top N counts over the batch (``datnet.models.rpn``). The
+    RPN and ROI heads are built with those settings as ``MaskRCNN`` builds them, with float32 box geometry
+    (``datnet.models.mixed_precision``), Heavy's as ``SharedRes5RoIHeads`` (``datnet.models.roi_heads``).
+    ``backbone["weights"]`` is ``imagenet``, ``scratch`` (the default here) or a local path
+    (``datnet.models.backbone``); ``backbone["stride_in_1x1"]`` moves each stage's stride into its first 1x1
+    convolution (Caffe2 weights), in the backbone and in a res5 head alike.
     ``transform`` sets the input normalisation: ``image_mean``, ``image_std``, ``pixel_range`` (1 or 255)
     and ``channel_order`` (``rgb`` or ``bgr``) (``DATNetTransform``). ``checkpoint`` loads a whole-model
     state dict from a local file (``datnet.models.checkpoint``: strictly, or with ``checkpoint_strict=False``
@@ -116,6 +148,7 @@ def build_datnet(
     kind that ``weights`` implies. ``label_to_category_id`` and ``class_names`` (the data module's) map a
     torchvision COCO detector's 91 category indices onto the model's labels.
     """
+    settings, transform_settings = detector_settings(detector)
     backbone_cfg = dict(backbone or {})
     if checkpoint:  # every weight comes from the checkpoint: no ImageNet file is looked for
         backbone_cfg = backbone_for_checkpoint(backbone_cfg)
@@ -131,55 +164,116 @@ def build_datnet(
     if res5 is not None and backbone_cfg.get("stride_in_1x1", False):
         move_stride_to_1x1_(res5)
     box_extractor, representation = build_box_head(box_head, pooled_channels, box_pool_size, res5)
-    heads: dict[str, Any] = {
-        "box_roi_pool": box_pool,
-        "box_head": box_extractor,
-        "box_predictor": FastRCNNPredictor(representation, num_classes),
-    }
+    box = (box_pool, box_extractor, FastRCNNPredictor(representation, num_classes), *box_settings(settings))
     if mask_head == "res5":
         if res5 is None:
             raise ValueError(
                 "model.mask_head=res5 (Heavy) shares the box head's res5: set model.box_head=res5"
             )
-        heads.update(
-            mask_roi_pool=box_pool,
-            mask_head=res5,
-            mask_predictor=MaskRCNNPredictor(representation, channels, num_classes),
-        )
+        predictor = MaskRCNNPredictor(representation, channels, num_classes)
+        roi_heads: Float32RoIHeads = SharedRes5RoIHeads(*box, mask_predictor=predictor)
     elif mask_head == "fpn":
         mask_pool, mask_channels = build_pooler(pooler, mask_pool_size, sampling_ratio, channels)
-        heads.update(
+        roi_heads = Float32RoIHeads(
+            *box,
             mask_roi_pool=mask_pool,
             mask_head=MaskRCNNHeads(mask_channels, [channels] * 4, 1),
             mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
         )
     else:
-        heads["mask_roi_pool"] = False
+        roi_heads = Float32RoIHeads(*box)
 
-    detector = dict(detector or {})
-    rpn_post_nms_per_batch = detector.pop("rpn_post_nms_per_batch", False)
+    auxiliary = build_auxiliary(num_classes, fusion=fusion, channels=channels, **dict(aux or {}))
     model = DATNet(
         fpn,
-        auxiliary=build_auxiliary(num_classes, fusion=fusion, channels=channels, **dict(aux or {})),
-        resize_images=resize_images,
-        **heads,
-        **transform_kwargs(transform, detector),
-        **dict(detector or {}),
+        build_rpn(channels, settings),
+        roi_heads,
+        build_transform(
+            settings,
+            transform_settings,
+            transform,
+            resize_images,
+            auxiliary.loss_stride if auxiliary is not None else HEAD_STRIDE,
+        ),
+        auxiliary,
     )
-    if rpn_post_nms_per_batch:
-        model.rpn = BatchTopNRegionProposalNetwork.from_rpn(model.rpn)
-    use_float32_box_geometry_(model)
     if checkpoint:
         load_model_checkpoint(model, checkpoint, checkpoint_strict, label_to_category_id, class_names)
     return model
 
 
-def transform_kwargs(
-    transform: Mapping[str, Any] | None, detector: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """``DATNet`` keyword arguments of the input normalisation ``transform`` (``image_mean``, ``image_std``,
-    ``pixel_range``, ``channel_order``); the mean and std belong there, not in ``detector``."""
+def detector_settings(detector: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``model.detector`` over torchvision's defaults (``DETECTOR_DEFAULTS``, and
+    ``rpn_post_nms_per_batch=False``), and its transform settings (``TRANSFORM_SETTINGS``)."""
+    detector = dict(detector or {})
     for key in ("image_mean", "image_std"):
-        if key in (detector or {}):
+        if key in detector:
             raise ValueError(f"set model.transform.{key}, not model.detector.{key}")
-    return dict(transform or {})
+    transform = {key: detector.pop(key) for key in TRANSFORM_SETTINGS if key in detector}
+    settings = {**DETECTOR_DEFAULTS, "rpn_post_nms_per_batch": False}
+    unknown = sorted(set(detector) - set(settings))
+    if unknown:
+        raise ValueError(f"model.detector: unknown settings {unknown}; known: {sorted(settings)}")
+    return {**settings, **detector}, transform
+
+
+def box_settings(settings: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The box branch's ``RoIHeads`` arguments after the modules (``fg_iou_thresh`` ...
+    ``detections_per_img``), as ``MaskRCNN`` passes them: ROI sampling, box coding, post-processing."""
+    names = ("fg_iou_thresh", "bg_iou_thresh", "batch_size_per_image", "positive_fraction")
+    return (
+        *(settings[f"box_{name}"] for name in names),
+        settings["bbox_reg_weights"],
+        settings["box_score_thresh"],
+        settings["box_nms_thresh"],
+        settings["box_detections_per_img"],
+    )
+
+
+def build_rpn(channels: int, settings: Mapping[str, Any]) -> Float32RegionProposalNetwork:
+    """The RPN over pyramid levels of ``channels`` channels as ``MaskRCNN`` builds it from ``settings``
+    (``rpn_*``), with float32 anchors and box coding (``datnet.models.mixed_precision``), keeping in training
+    the ``rpn_post_nms_top_n_train`` best proposals of the batch if ``rpn_post_nms_per_batch``, of each image
+    otherwise (``datnet.models.rpn``)."""
+    anchors = Float32AnchorGenerator(ANCHOR_SIZES, ANCHOR_ASPECT_RATIOS)
+    per_batch = settings["rpn_post_nms_per_batch"]
+    rpn = BatchTopNRegionProposalNetwork if per_batch else Float32RegionProposalNetwork
+    return rpn(
+        anchors,
+        RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        settings["rpn_fg_iou_thresh"],
+        settings["rpn_bg_iou_thresh"],
+        settings["rpn_batch_size_per_image"],
+        settings["rpn_positive_fraction"],
+        {"training": settings["rpn_pre_nms_top_n_train"], "testing": settings["rpn_pre_nms_top_n_test"]},
+        {"training": settings["rpn_post_nms_top_n_train"], "testing": settings["rpn_post_nms_top_n_test"]},
+        settings["rpn_nms_thresh"],
+        score_thresh=settings["rpn_score_thresh"],
+    )
+
+
+def build_transform(
+    settings: Mapping[str, Any],
+    transform_settings: Mapping[str, Any],
+    transform: Mapping[str, Any] | None,
+    resize_images: bool,
+    aux_stride: int,
+) -> DATNetTransform:
+    """The input transform: ``MaskRCNN``'s resizing to ``settings`` ``min_size``/``max_size`` (if
+    ``resize_images``) and batching (``transform_settings``: ``size_divisible``, ``fixed_size``), the
+    normalisation of ``transform`` (``image_mean``, ``image_std``, ``pixel_range``, ``channel_order``; the
+    mean and std default to those torchvision's ImageNet weights were trained with, ``MaskRCNN``'s defaults),
+    dense targets resized at ``aux_stride`` (``DATNetTransform``)."""
+    options = dict(transform or {})
+    imagenet = ResNet50_Weights.IMAGENET1K_V1.transforms()
+    mean, std = options.pop("image_mean", None), options.pop("image_std", None)
+    return DATNetTransform(
+        settings["min_size"],
+        settings["max_size"],
+        imagenet.mean if mean is None else mean,
+        imagenet.std if std is None else std,
+        **transform_settings,
+        resize_images=resize_images,
+        aux_stride=aux_stride,
+        **options,
+    )

@@ -6,13 +6,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-from datnet.models.aux_heads import HEAD_STRIDE
-from datnet.models.auxiliary import DenseAuxiliaryTasks, dense_target_size
-from datnet.models.shared_res5 import shared_res5_losses, shares_res5
+from datnet.contract import HEAD_STRIDE, grid_shape, unpack_target
+from datnet.models.auxiliary import DenseAuxiliaryTasks
 
 PIXEL_RANGES = (1, 255)
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -29,8 +30,8 @@ class DATNetTransform(GeneralizedRCNNTransform):
 
     Loader workers send compact samples, expanded here on the device: a uint8 image (0..255) becomes the
     float32 image ``image.float() / 255`` in [0, 1] before torchvision's normalisation (float images in
-    [0, 1] pass unchanged), and a target's bit-packed ``masks_packed`` (``datnet.data.masks.pack_masks``)
-    becomes the uint8 ``masks`` that the mask loss needs.
+    [0, 1] pass unchanged), and a target's bit-packed ``masks_packed`` (``datnet.contract.pack_masks``)
+    becomes the uint8 ``masks`` that the mask loss needs (``datnet.contract.unpack_target``).
 
     The normalisation is ``(image - image_mean) / image_std`` on the image as the backbone's weights expect
     it: ``pixel_range`` 1 (torchvision's ImageNet weights: RGB in [0, 1]) or 255 (Caffe2 / maskrcnn-benchmark
@@ -69,23 +70,10 @@ class DATNetTransform(GeneralizedRCNNTransform):
         target dicts are left as they are)."""
         if targets is not None:
             targets = [
-                self.unpack_target(target, int(image.shape[-1]))
+                unpack_target(target, int(image.shape[-1]))
                 for image, target in zip(images, targets, strict=True)
             ]
         return super().forward(images, targets)
-
-    @staticmethod
-    def unpack_target(target: dict[str, Tensor], width: int) -> dict[str, Tensor]:
-        """``target`` with its ``masks_packed`` (N, H, ceil(W/8)) replaced by the uint8 {0, 1} ``masks``
-        (N, H, W) of an image ``width`` pixels wide (np.packbits order along the width: most significant bit
-        first); a target without ``masks_packed`` is returned as it is."""
-        if "masks_packed" not in target:
-            return target
-        target = dict(target)
-        packed = target.pop("masks_packed")
-        shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
-        target["masks"] = ((packed.unsqueeze(-1) >> shifts) & 1).flatten(-2)[..., :width].contiguous()
-        return target
 
     def normalize(self, image: Tensor) -> Tensor:
         """torchvision's mean/std normalisation of a float RGB image in [0, 1] or a uint8 RGB image (0..255),
@@ -104,7 +92,7 @@ class DATNetTransform(GeneralizedRCNNTransform):
         image, target = super().resize(image, target)
         if target is not None:
             h, w = image.shape[-2:]
-            size = dense_target_size(h, w, self.aux_stride)
+            size = grid_shape(h, w, self.aux_stride)
             for key in ("dt", "sem"):
                 if key in target and tuple(target[key].shape[-2:]) != size:
                     dense = target[key][None, None].float()
@@ -112,15 +100,16 @@ class DATNetTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-class DATNet(MaskRCNN):
-    """Mask R-CNN whose pyramid is fused with the features of dense auxiliary heads before the RPN.
+class DATNet(GeneralizedRCNN):
+    """Mask R-CNN whose pyramid is fused with the features of dense auxiliary heads before the RPN (Fig. 2).
 
-    Composed by injection: ``auxiliary`` (the DT/semantic heads with fusion, Fig. 2b; ``None`` for plain
-    Mask R-CNN) and the ROI poolers/heads of the box and mask branches (FPN pooling or MSPwA; 2fc, 4conv1fc
-    or res5; Light or Heavy mask heads, Fig. 4). With ``auxiliary=None`` and torchvision's default heads the
-    model is exactly torchvision's ``MaskRCNN``: same modules, same state dict, same outputs.
-    ``mask_roi_pool=False`` removes the mask branch (Faster R-CNN, Table 6). Heavy heads (one pooler and one
-    res5 for box and mask) are trained with one res5 pass over the sampled ROIs (``shared_res5_losses``).
+    Assembled as torchvision assembles ``MaskRCNN`` (``GeneralizedRCNN``), from parts built by
+    ``datnet.models.build_datnet``: the input ``transform``, the ``backbone`` (ResNet-FPN, Fig. 2a), the
+    ``rpn`` (torchvision's or the batch top-N one, float32 box geometry: ``datnet.models.rpn``), the
+    ``roi_heads`` (FPN pooling or MSPwA; 2fc, 4conv1fc or res5; Light mask heads, Heavy shared-res5 heads or
+    none for Faster R-CNN, Fig. 4: ``datnet.models.roi_heads``) and ``auxiliary`` (the DT/semantic heads with
+    fusion, Fig. 2b; ``None`` for plain Mask R-CNN). With ``auxiliary=None`` and torchvision's default heads
+    the model is torchvision's ``MaskRCNN``: same modules, same state dict, same outputs.
 
     The dense part (backbone, auxiliary heads and losses, fusion) is one method, ``dense_features``, which
     ``datnet.models.compile_dense_`` compiles as one graph into ``_compiled_dense_features``; ``forward`` uses
@@ -132,32 +121,18 @@ class DATNet(MaskRCNN):
     def __init__(
         self,
         backbone: nn.Module,
-        num_classes: int | None = None,
+        rpn: RegionProposalNetwork,
+        roi_heads: RoIHeads,
+        transform: DATNetTransform,
         auxiliary: DenseAuxiliaryTasks | None = None,
-        resize_images: bool = True,
-        mask_roi_pool: nn.Module | bool | None = None,
-        pixel_range: int = 1,
-        channel_order: str = "rgb",
-        **kwargs,
     ) -> None:
-        if mask_roi_pool is False:  # Faster R-CNN: skip MaskRCNN's constructor, which adds the mask branch
-            FasterRCNN.__init__(self, backbone, num_classes, **kwargs)
-        else:
-            super().__init__(backbone, num_classes, mask_roi_pool=mask_roi_pool, **kwargs)
+        if auxiliary is not None and transform.aux_stride != auxiliary.loss_stride:
+            raise ValueError(
+                f"the transform resizes dense targets to stride {transform.aux_stride}, the auxiliary loss "
+                f"is taken at stride {auxiliary.loss_stride}"
+            )
+        super().__init__(backbone, rpn, roi_heads, transform)
         self.auxiliary = auxiliary
-        old = self.transform
-        self.transform = DATNetTransform(
-            old.min_size,
-            old.max_size,
-            old.image_mean,
-            old.image_std,
-            old.size_divisible,
-            old.fixed_size,
-            resize_images=resize_images,
-            aux_stride=auxiliary.loss_stride if auxiliary is not None else HEAD_STRIDE,
-            pixel_range=pixel_range,
-            channel_order=channel_order,
-        )
 
     def dense_features(
         self,
@@ -224,12 +199,7 @@ class DATNet(MaskRCNN):
         aux_targets = self.batched_aux_targets(targets, image_list.image_sizes, image_list.tensors.shape[-2:])
         features, aux_losses, aux_maps = dense_features(image_list.tensors, aux_targets, return_aux_maps)
         proposals, proposal_losses = self.rpn(image_list, features, targets)
-        if self.training and shares_res5(self.roi_heads):
-            detector_losses = shared_res5_losses(
-                self.roi_heads, features, proposals, image_list.image_sizes, targets
-            )
-        else:
-            detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
         if self.training:
             return {**detector_losses, **proposal_losses, **aux_losses}
         detections = self.transform.postprocess(detections, image_list.image_sizes, output_sizes)
@@ -237,6 +207,6 @@ class DATNet(MaskRCNN):
             if return_proposals:
                 det["proposals"] = resize_boxes(proposals[i], size, output_size)
             for key, value in aux_maps.items():
-                h, w = dense_target_size(*size, HEAD_STRIDE)
+                h, w = grid_shape(*size, HEAD_STRIDE)
                 det[key] = value[i, :, :h, :w]
         return detections

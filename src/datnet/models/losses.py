@@ -5,13 +5,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from datnet.contract import IGNORE
+
 
 def dense_focal_loss(
     logits: Tensor,
     target: Tensor,
     background_alpha: float = 0.2,
     gamma: float = 2.0,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE,
 ) -> Tensor:
     """Per-pixel focal variant of the cross entropy, averaged over pixels (eqs. 1 and 2).
 

@@ -5,7 +5,15 @@ dtype, so under autocast anchors, proposals and boxes are bfloat16 (or float16):
 bfloat16 keeps only multiples of 8 past x = 1024, anchors are off by up to 7 px, and the RPN matching, the
 ROI sampling's IoUs, the regression targets and the final boxes inherit the error. Here the box geometry is
 at least float32 whatever the activations' dtype; in float32 (and float64) every result is torchvision's,
-bit for bit.
+bit for bit. The model is built with them (``datnet.models.build``): a ``Float32AnchorGenerator`` in the RPN,
+and a ``Float32BoxCoder`` in the RPN (``datnet.models.rpn``) and in the ROI heads
+(``datnet.models.roi_heads``).
+
+Everything downstream then follows in float32: the RPN's anchor matching (``box_iou`` of float32 ground
+truth and anchors), its regression targets, the proposals ``filter_proposals`` returns, the ROI sampling's
+matching and targets (ground-truth boxes are cast to the proposals' dtype), the detections of
+``postprocess_detections``; the smooth-L1 regression losses get float32 targets and are computed in float32
+(autocast runs ``smooth_l1_loss`` in float32). None of them holds state: the state dict is torchvision's.
 
 torchvision's ``FrozenBatchNorm2d`` multiplies by its float32 buffers and so turns low-precision
 activations back into float32 under autocast: every convolution after it re-casts its input, undoing the
@@ -15,7 +23,6 @@ input's dtype.
 
 import torch
 from torch import Tensor
-from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -49,24 +56,6 @@ class Float32BoxCoder(BoxCoder):
     def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
         dtype = geometry_dtype(rel_codes, boxes)
         return super().decode_single(rel_codes.to(dtype), boxes.to(dtype))
-
-
-def use_float32_box_geometry_(model: FasterRCNN) -> None:
-    """Replaces the RPN's anchor generator and the RPN's and ROI heads' box coders of ``model`` by the
-    float32 ones above, with the same sizes, aspect ratios, weights and clipping, in place.
-
-    Everything downstream then follows in float32: the RPN's anchor matching (``box_iou`` of float32 ground
-    truth and anchors), its regression targets, the proposals ``filter_proposals`` returns, the ROI
-    sampling's matching and targets (ground-truth boxes are cast to the proposals' dtype), the detections of
-    ``postprocess_detections``; the smooth-L1 regression losses get float32 targets and are computed in
-    float32 (autocast runs ``smooth_l1_loss`` in float32). None of them holds state: the state dict is
-    unchanged."""
-    rpn, roi_heads = model.rpn, model.roi_heads
-    anchors = rpn.anchor_generator
-    rpn.anchor_generator = Float32AnchorGenerator(anchors.sizes, anchors.aspect_ratios)
-    for owner in (rpn, roi_heads):
-        coder = owner.box_coder
-        owner.box_coder = Float32BoxCoder(coder.weights, coder.bbox_xform_clip)
 
 
 class AutocastFrozenBatchNorm2d(FrozenBatchNorm2d):

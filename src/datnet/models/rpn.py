@@ -1,4 +1,5 @@
-"""torchvision's RPN with maskrcnn-benchmark's training-time proposal budget: the top N of the whole batch.
+"""The RPN (Sec. 3, Fig. 2): torchvision's, with float32 box coding and, as an option, maskrcnn-benchmark's
+training-time proposal budget, the top N of the whole batch.
 
 The paper trains "with the settings from [10]" in maskrcnn-benchmark [23]. Its RPN post-processing
 (``modeling/rpn/inference.py``, ``RPNPostProcessor.select_over_all_levels``) keeps, in training, the
@@ -8,9 +9,13 @@ keeps ``rpn_post_nms_top_n_train = 2000`` per image. With the paper's 2 images p
 about 1000 proposals per image, and more to the image with more confident objects.
 """
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchvision.models.detection.rpn import RegionProposalNetwork
+
+from datnet.models.mixed_precision import Float32BoxCoder
 
 
 def top_n_over_batch(boxes: list[Tensor], scores: list[Tensor], n: int) -> tuple[list[Tensor], list[Tensor]]:
@@ -28,35 +33,27 @@ def top_n_over_batch(boxes: list[Tensor], scores: list[Tensor], n: int) -> tuple
     return kept_boxes, [s[m] for s, m in zip(scores, masks, strict=True)]
 
 
-class BatchTopNRegionProposalNetwork(RegionProposalNetwork):
-    """A ``RegionProposalNetwork`` whose post-NMS top N counts over the batch in training and per image at
-    test, as maskrcnn-benchmark; everything else is torchvision's (per-level pre-NMS top N,
-    clipping, small-box and score filtering, NMS per level, the losses), and so is the state dict.
+class Float32RegionProposalNetwork(RegionProposalNetwork):
+    """torchvision's ``RegionProposalNetwork`` (same arguments, settings and state dict) encoding its
+    regression targets and decoding its proposals in at least float32 (``Float32BoxCoder``, with
+    torchvision's weights ``(1, 1, 1, 1)`` and clipping): under autocast the anchor matching's targets and
+    the proposals are not bfloat16 (``datnet.models.mixed_precision``); in float32 it is torchvision's RPN
+    bit for bit. Give it a ``Float32AnchorGenerator`` for float32 anchors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.box_coder = Float32BoxCoder(self.box_coder.weights, self.box_coder.bbox_xform_clip)
+
+
+class BatchTopNRegionProposalNetwork(Float32RegionProposalNetwork):
+    """The RPN whose post-NMS top N counts over the batch in training and per image at test, as
+    maskrcnn-benchmark; everything else is torchvision's (per-level pre-NMS top N, clipping, small-box and
+    score filtering, NMS per level, the losses), and so is the state dict.
 
     Per image, torchvision's ``filter_proposals`` already keeps the ``post_nms_top_n`` best after NMS; no
     image can contribute more than that to the batch's top ``post_nms_top_n``, so the batch's top N of those
     is maskrcnn-benchmark's selection.
     """
-
-    @classmethod
-    def from_rpn(cls, rpn: RegionProposalNetwork) -> "BatchTopNRegionProposalNetwork":
-        """The same RPN (the same anchor generator, head, box coder and settings: the modules are shared, not
-        copied) with the batch rule."""
-        matcher, sampler = rpn.proposal_matcher, rpn.fg_bg_sampler
-        new = cls(
-            rpn.anchor_generator,
-            rpn.head,
-            matcher.high_threshold,
-            matcher.low_threshold,
-            sampler.batch_size_per_image,
-            sampler.positive_fraction,
-            dict(rpn._pre_nms_top_n),
-            dict(rpn._post_nms_top_n),
-            rpn.nms_thresh,
-            rpn.score_thresh,
-        )
-        new.box_coder, new.min_size = rpn.box_coder, rpn.min_size
-        return new
 
     def filter_proposals(
         self,

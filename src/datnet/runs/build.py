@@ -1,0 +1,73 @@
+"""The objects of a run, built from its plan (``datnet.runs.plan``) with their final settings as constructor
+arguments: the data module, the model, the callbacks and loggers, the Trainer and the LightningModule."""
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from datnet.lightning.checkpoints import RunConfigInCheckpoint
+from datnet.lightning.module import DATNetModule
+from datnet.lightning.requeue import RequeueOnSignal
+from datnet.runs.loggers import instantiate_callbacks, instantiate_loggers
+from datnet.runs.plan import RunPlan
+from datnet.runs.sweep import prepare_ddp_relaunch
+
+
+def build_model(
+    cfg: DictConfig, datamodule: pl.LightningDataModule, resize_images: bool = False
+) -> nn.Module:
+    """``cfg.model`` for the label space of ``datamodule`` (its classes, and the category ids and names that
+    map a torchvision COCO detector given as ``model.checkpoint``). Training and evaluation leave resizing to
+    the data pipeline, which computes the auxiliary targets on the resized image; prediction on raw images
+    resizes in the model (``resize_images``)."""
+    return instantiate(
+        cfg.model,
+        num_classes=datamodule.num_classes,
+        resize_images=resize_images,
+        label_to_category_id=datamodule.label_to_category_id,
+        class_names=datamodule.class_names,
+    )
+
+
+def build_data_and_model(cfg: DictConfig) -> tuple[pl.LightningDataModule, nn.Module]:
+    """The data module of ``cfg.data`` and the model for it (:func:`build_model`)."""
+    datamodule = instantiate(cfg.data)
+    return datamodule, build_model(cfg, datamodule)
+
+
+def training_callbacks(plan: RunPlan) -> list[pl.Callback]:
+    """The ``callbacks`` group (the checkpoint interval scaled to the total batch), the run's config in every
+    checkpoint, and ``resume.requeue_signal``: ``last.ckpt`` and a SLURM requeue at that signal."""
+    cfg = plan.cfg
+    callbacks = instantiate_callbacks(cfg.get("callbacks"), plan.checkpoint_every)
+    callbacks.append(RunConfigInCheckpoint(plan.identity))
+    if signal_name := OmegaConf.select(cfg, "resume.requeue_signal"):
+        check_every = OmegaConf.select(cfg, "resume.check_every", default=10)
+        callbacks.append(RequeueOnSignal(signal_name, check_every))
+    return callbacks
+
+
+def build_trainer(plan: RunPlan, callbacks: list[pl.Callback]) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer`` with the plan's settings, its loggers (the W&B run's config is the whole
+    resolved config); raises when the launcher gives another world size than the plan's (``trainer.devices``
+    x ``trainer.num_nodes``), whose LR and schedule would then be wrong."""
+    prepare_ddp_relaunch()
+    loggers = instantiate_loggers(plan.cfg.get("logger"), run_config=plan.cfg, wandb_id=plan.wandb_id)
+    trainer = instantiate(plan.cfg.trainer, callbacks=callbacks, logger=loggers, **plan.trainer_kwargs)
+    if trainer.world_size != plan.world_size:
+        raise RuntimeError(
+            f"trainer.devices={plan.cfg.trainer.devices} x trainer.num_nodes={plan.cfg.trainer.num_nodes} "
+            f"plans {plan.world_size} ranks, but Lightning's {type(trainer.strategy).__name__} runs "
+            f"{trainer.world_size}: the schedule would be scaled for the wrong total batch"
+        )
+    return trainer
+
+
+def build_module(plan: RunPlan, model: nn.Module) -> DATNetModule:
+    """The LightningModule: with the optimizer and the plan's scaled recipe for training, without for
+    evaluation; its reports go to ``<output dir>/results``."""
+    cfg = plan.cfg
+    optimizer = instantiate(cfg.optimizer, lr=plan.recipe.lr) if plan.recipe is not None else None
+    results_dir = str(plan.output_dir / "results")
+    return DATNetModule(model, optimizer, plan.recipe, results_dir=results_dir, **cfg.get("module", {}))
