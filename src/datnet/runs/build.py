@@ -4,11 +4,13 @@ arguments: the data module, the model, the callbacks and loggers, the Trainer an
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.accelerators import CPUAccelerator
 from torch import nn
 
 from datnet.lightning.checkpoints import RunConfigInCheckpoint
 from datnet.lightning.module import DATNetModule
 from datnet.lightning.requeue import RequeueOnSignal
+from datnet.runs.launch import check_world_size, warn_cpu_processes
 from datnet.runs.loggers import instantiate_callbacks, instantiate_loggers
 from datnet.runs.plan import RunPlan
 from datnet.runs.sweep import prepare_ddp_relaunch
@@ -51,16 +53,12 @@ def training_callbacks(plan: RunPlan) -> list[pl.Callback]:
 def build_trainer(plan: RunPlan, callbacks: list[pl.Callback]) -> pl.Trainer:
     """The Trainer of ``cfg.trainer`` with the plan's settings, its loggers (the W&B run's config is the whole
     resolved config); raises when the launcher gives another world size than the plan's (``trainer.devices``
-    x ``trainer.num_nodes``), whose LR and schedule would then be wrong."""
+    x ``trainer.num_nodes``), whose LR and schedule would then be wrong (``datnet.runs.launch``)."""
     prepare_ddp_relaunch()
     loggers = instantiate_loggers(plan.cfg.get("logger"), run_config=plan.cfg, wandb_id=plan.wandb_id)
     trainer = instantiate(plan.cfg.trainer, callbacks=callbacks, logger=loggers, **plan.trainer_kwargs)
-    if trainer.world_size != plan.world_size:
-        raise RuntimeError(
-            f"trainer.devices={plan.cfg.trainer.devices} x trainer.num_nodes={plan.cfg.trainer.num_nodes} "
-            f"plans {plan.world_size} ranks, but Lightning's {type(trainer.strategy).__name__} runs "
-            f"{trainer.world_size}: the schedule would be scaled for the wrong total batch"
-        )
+    check_world_size(plan, trainer)
+    warn_cpu_processes(plan, isinstance(trainer.accelerator, CPUAccelerator))
     return trainer
 
 

@@ -48,8 +48,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg = plan.cfg
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    trainer = build_trainer(plan, training_callbacks(plan))  # checks the launch before any data is read
     datamodule, model = build_data_and_model(cfg)
-    trainer = build_trainer(plan, training_callbacks(plan))
     if trainer.is_global_zero:
         print_config_tree(cfg, save_dir=str(plan.output_dir))
     module = build_module(plan, model)
@@ -78,8 +78,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ``model.checkpoint_strict=false`` loads what matches and logs the rest."""
     plan, checkpoint, strict = plan_evaluation(cfg)
     cfg = plan.cfg
-    datamodule, model = build_data_and_model(cfg)
     trainer = build_trainer(plan, callbacks=[])
+    datamodule, model = build_data_and_model(cfg)
     if trainer.is_global_zero:
         print_config_tree(cfg, save_dir=str(plan.output_dir))
     load_model_checkpoint(model, checkpoint, strict, datamodule.label_to_category_id, datamodule.class_names)
