@@ -17,20 +17,21 @@ def compose_slurm(overrides: list[str]):
         return compose("train", overrides=overrides, return_hydra_config=True)
 
 
-def test_slurm_launcher_for_8_gpus_x_4_nodes(tmp_path: Path, monkeypatch):
+def test_slurm_launcher_for_8_gpus_x_2_nodes(tmp_path: Path, monkeypatch):
+    """``trainer.num_nodes=2`` alone asks SLURM for 2 nodes, 8 tasks and GPUs each, 4 CPUs and 30 GB per GPU
+    (a 32-core 8-GPU node)."""
     cfg = compose_slurm(
         [
             "hydra/launcher=slurm",
-            "hydra.launcher.nodes=4",
             "trainer=ddp",
-            "trainer.num_nodes=4",
+            "trainer.num_nodes=2",
             "hydra.launcher.partition=gpu",
             "model=heavy",
         ]
     )
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"].endswith("SlurmLauncher")
-    assert (launcher["nodes"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (4, 8, 8)
+    assert (launcher["nodes"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (2, 8, 8)
     assert cfg.trainer.num_nodes == launcher["nodes"] and cfg.trainer.devices == launcher["tasks_per_node"]
 
     # the executor set up as the submitit plugin does, writing (not submitting) its sbatch script; submitit
@@ -46,19 +47,21 @@ def test_slurm_launcher_for_8_gpus_x_4_nodes(tmp_path: Path, monkeypatch):
         **{
             (k if k in base else f"slurm_{k}"): v
             for k, v in launcher.items()
-            if k in base | {"partition", "signal_delay_s", "setup"}
+            if k in base | {"partition", "signal_delay_s", "setup", "mem_per_gpu"}
         }
     )
     script = executor._executor._make_submission_file_text("python src/train.py model=heavy", "uid")
     for line in [
-        "#SBATCH --nodes=4",
+        "#SBATCH --nodes=2",
         "#SBATCH --gpus-per-node=8",
         "#SBATCH --ntasks-per-node=8",
         "#SBATCH --partition=gpu",
         "#SBATCH --time=2880",
-        "#SBATCH --cpus-per-task=10",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem-per-gpu=30G",
     ]:
         assert line in script, line
+    assert "--mem=" not in script
     assert "srun" in script and "python src/train.py model=heavy" in script
     # the warning before the time limit is the signal that the run writes last.ckpt and requeues at
     assert f"#SBATCH --signal={cfg.resume.requeue_signal}@{launcher['signal_delay_s']}" in script
