@@ -188,6 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.paths, args.overrides = split_arguments(args.inputs)
     if not args.paths:
         parser.error("no input image or folder given")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        parser.error(f"--checkpoint: checkpoint file {args.checkpoint} does not exist")
     return args
 
 

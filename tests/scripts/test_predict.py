@@ -194,3 +194,11 @@ def test_coco_records_carry_the_category_ids_of_the_labels(load_script):
     assert records[0]["bbox"] == [10.0, 20.0, 30.0, 10.0] and records[0]["segmentation"]["size"] == [32, 48]
     del detection["masks"]
     assert "segmentation" not in load_script("predict").coco_records(detection, 7, {1: 1, 80: 90})[0]
+
+
+def test_a_missing_checkpoint_is_the_first_error(load_script, tmp_path, capsys):
+    """Before any config is composed or data read (the data config points nowhere)."""
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("predict").main([str(tmp_path), "data.root=/no/such/data", "--checkpoint", "nope.ckpt"])
+    assert exit_info.value.code == 2
+    assert "--checkpoint: checkpoint file nope.ckpt does not exist" in capsys.readouterr().err

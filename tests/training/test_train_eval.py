@@ -135,3 +135,11 @@ def test_test_dev_writes_result_files(tiny_config, shapes_overrides, tmp_path):
     assert results and {r["category_id"] for r in results} <= {c["id"] for c in info["categories"]}
     assert {r["image_id"] for r in results} <= {im["id"] for im in info["images"]}
     assert (tmp_path / "results" / "segm_results.json").is_file()
+
+
+@pytest.mark.parametrize("key", ["ckpt_path", "model.checkpoint"])
+def test_eval_of_a_missing_checkpoint_names_it_before_the_data(tiny_config, tmp_path, key):
+    cfg = tiny_config([f"{key}={tmp_path}/nope.ckpt", "data=coco", "data.root=/no/such/coco"], "eval")
+    message = f"{key}: checkpoint file {tmp_path}/nope.ckpt does not exist"
+    with pytest.raises(FileNotFoundError, match=message):
+        evaluate(cfg)

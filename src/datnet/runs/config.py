@@ -60,6 +60,15 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 
+def require_checkpoint(path: str | Path, key: str) -> Path:
+    """``path`` when it is a file, else ``FileNotFoundError`` naming ``key`` (the option that gave it): the
+    first error of a run given a mistyped checkpoint, before any data or model is built."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}: checkpoint file {path} does not exist")
+    return path
+
+
 def checkpoint_run_dir(ckpt_path: str | Path | None) -> Path | None:
     """``<run>`` for a checkpoint ``<run>/checkpoints/NAME.ckpt`` of a run that saved its config
     (``<run>/.hydra/config.yaml``); None otherwise."""

@@ -18,7 +18,13 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.accelerators import Accelerator, CPUAccelerator, CUDAAccelerator, MPSAccelerator
 
 from datnet.lightning.schedule import Intervals, Recipe, scale_intervals, scale_recipe
-from datnet.runs.config import checkpoint_run_dir, for_checkpoint, run_identity, with_run_config
+from datnet.runs.config import (
+    checkpoint_run_dir,
+    for_checkpoint,
+    require_checkpoint,
+    run_identity,
+    with_run_config,
+)
 from datnet.runs.loggers import uses_wandb, wandb_run_id
 from datnet.runs.resume import ResumePlan, accumulation_for, plan_resume
 from datnet.runs.sweep import in_multirun
@@ -184,6 +190,7 @@ def plan_evaluation(cfg: DictConfig) -> tuple[RunPlan, str, bool]:
             f"model.checkpoint=PATH (a whole-model state dict); got ckpt_path={ckpt_path}, "
             f"model.checkpoint={checkpoint}"
         )
+    require_checkpoint(ckpt_path or checkpoint, "ckpt_path" if ckpt_path else "model.checkpoint")
     strict = True if ckpt_path else cfg.model.get("checkpoint_strict", True)
     if ckpt_path and HydraConfig.initialized():
         cfg = with_run_config(cfg, command_line_overrides())

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from datnet.lightning.checkpoints import LAST, RUN_CONFIG_KEY
-from datnet.runs.config import config_differences
+from datnet.runs.config import config_differences, require_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,7 @@ class ResumePlan:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint, memory-mapped (the tensors stay on disk) for its bookkeeping entries."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path: checkpoint file {path} does not exist")
+    path = require_checkpoint(path, "ckpt_path")
     return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
 
 
