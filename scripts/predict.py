@@ -48,7 +48,7 @@ from datnet.data.datamodule import DetectionDataModule
 from datnet.data.image_io import ImageLoadError, read_rgb
 from datnet.data.transforms import image_to_uint8_tensor
 from datnet.evaluation.coco_results import ImageResults
-from datnet.models import fold_batchnorm_, load_model_checkpoint
+from datnet.models import fold_batchnorm_
 from datnet.runs.build import build_model as build_run_model
 from datnet.runs.config import for_checkpoint, with_run_config
 from datnet.visualization import aux_panels, class_colors, draw_detections
@@ -112,10 +112,8 @@ def build_model(cfg: DictConfig, data: DetectionDataModule, checkpoint: str | No
     """``cfg.model`` for the classes of ``data`` with the checkpoint's weights (random without one; a
     torchvision COCO detector's 91 indices mapped to the data's category ids), resizing raw images itself, in
     eval mode with BatchNorm folded into the convolutions."""
-    model = build_run_model(cfg, data, resize_images=True)
-    if checkpoint:
-        strict = cfg.model.get("checkpoint_strict", True)
-        load_model_checkpoint(model, checkpoint, strict, data.label_to_category_id, data.class_names)
+    strict = cfg.model.get("checkpoint_strict", True)
+    model = build_run_model(cfg, data, resize_images=True, checkpoint=checkpoint, strict=strict)
     model.eval()
     fold_batchnorm_(model)
     return model.to(device)

@@ -10,6 +10,7 @@ from torch import nn
 from datnet.lightning.checkpoints import RunConfigInCheckpoint
 from datnet.lightning.module import DATNetModule
 from datnet.lightning.requeue import RequeueOnSignal
+from datnet.models import load_model_checkpoint
 from datnet.runs.launch import check_world_size, warn_cpu_processes
 from datnet.runs.loggers import instantiate_callbacks, instantiate_loggers
 from datnet.runs.plan import RunPlan
@@ -17,19 +18,29 @@ from datnet.runs.sweep import prepare_ddp_relaunch
 
 
 def build_model(
-    cfg: DictConfig, datamodule: pl.LightningDataModule, resize_images: bool = False
+    cfg: DictConfig,
+    datamodule: pl.LightningDataModule,
+    resize_images: bool = False,
+    checkpoint: str | None = None,
+    strict: bool = True,
 ) -> nn.Module:
     """``cfg.model`` for the label space of ``datamodule`` (its classes, and the category ids and names that
-    map a torchvision COCO detector given as ``model.checkpoint``). Training and evaluation leave resizing to
-    the data pipeline, which computes the auxiliary targets on the resized image; prediction on raw images
-    resizes in the model (``resize_images``)."""
-    return instantiate(
+    map a torchvision COCO detector's 91 indices), with the weights of a whole-model ``checkpoint`` when given
+    (``datnet.models.checkpoint``: a run's, ours or torchvision's; evaluation and prediction, whose config
+    went through ``datnet.runs.config.for_checkpoint``). Training and evaluation leave resizing to the data
+    pipeline, which computes the auxiliary targets on the resized image; prediction on raw images resizes in
+    the model (``resize_images``)."""
+    model = instantiate(
         cfg.model,
         num_classes=datamodule.num_classes,
         resize_images=resize_images,
         label_to_category_id=datamodule.label_to_category_id,
         class_names=datamodule.class_names,
     )
+    if checkpoint:
+        labels, names = datamodule.label_to_category_id, datamodule.class_names
+        load_model_checkpoint(model, checkpoint, strict, labels, names)
+    return model
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[pl.LightningDataModule, nn.Module]:

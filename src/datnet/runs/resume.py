@@ -30,7 +30,6 @@ from datnet.runs.config import config_differences, require_checkpoint
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class ResumePlan:
     """Where a training run starts: ``checkpoint`` None is step 0; otherwise the step, total batch per
