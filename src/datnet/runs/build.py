@@ -43,10 +43,13 @@ def build_model(
     return model
 
 
-def build_data_and_model(cfg: DictConfig) -> tuple[pl.LightningDataModule, nn.Module]:
-    """The data module of ``cfg.data`` and the model for it (:func:`build_model`)."""
+def build_data_and_model(
+    cfg: DictConfig, checkpoint: str | None = None, strict: bool = True
+) -> tuple[pl.LightningDataModule, nn.Module]:
+    """The data module of ``cfg.data`` and the model for it, with ``checkpoint``'s weights when given
+    (:func:`build_model`)."""
     datamodule = instantiate(cfg.data)
-    return datamodule, build_model(cfg, datamodule)
+    return datamodule, build_model(cfg, datamodule, checkpoint=checkpoint, strict=strict)
 
 
 def training_callbacks(plan: RunPlan) -> list[pl.Callback]:

@@ -9,16 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from datnet.runs.build import (
-    build_data_and_model,
-    build_model,
-    build_module,
-    build_trainer,
-    training_callbacks,
-)
+from datnet.runs.build import build_data_and_model, build_module, build_trainer, training_callbacks
 from datnet.runs.plan import plan_evaluation, plan_training
 from datnet.utils.config_tree import print_config_tree
 
@@ -85,8 +78,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     plan, checkpoint, strict = plan_evaluation(cfg)
     cfg = plan.cfg
     trainer = build_trainer(plan, callbacks=[])
-    datamodule = instantiate(cfg.data)
-    model = build_model(cfg, datamodule, checkpoint=checkpoint, strict=strict)
+    datamodule, model = build_data_and_model(cfg, checkpoint, strict)
     if trainer.is_global_zero:
         print_config_tree(cfg, save_dir=str(plan.output_dir))
     module = build_module(plan, model)
