@@ -6,10 +6,13 @@
   for the model config given (ours, or torchvision's COCO detectors).
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 import datnet.configs  # noqa: F401  (sets PROJECT_ROOT for conf/paths)
+from datnet.runs.overrides import exit_on_unknown_keys
 from datnet.runs.resolvers import register_resolvers
 from datnet.runs.sweep import run_task
 from datnet.runs.tasks import evaluate
@@ -23,4 +26,5 @@ def main(cfg: DictConfig) -> dict | None:
 
 
 if __name__ == "__main__":
+    exit_on_unknown_keys("eval", sys.argv[1:])
     main()

@@ -16,13 +16,13 @@ from hydra.utils import instantiate
 from torch import Tensor, fx
 
 from datnet.configs import compose_config
-from datnet.lightning import module
 from datnet.models import compile_dense_
 from datnet.runs.tasks import train
 
 from .conftest import make_target, small_model
 
-SIZES = [[(96, 128), (96, 128)], [(128, 160), (120, 150)]]  # the second batch pads to another size
+# a square first batch (Dynamo would tie height and width), then one that pads to another, non-square size
+SIZES = [[(128, 128), (128, 128)], [(128, 160), (120, 150)]]
 
 
 class CountingBackend:
@@ -133,41 +133,40 @@ def test_inductor_features_match_eager_without_recompiling():
     assert graphs >= 1 and backend.graphs == graphs, "the second image size recompiled the dense part"
 
 
-def test_module_compile_through_lightning(tmp_path, monkeypatch):
-    """``module.compile=true`` in ``conf/train.yaml`` compiles the dense part of the model that a one-step
-    ``experiment=demo`` run trains and evaluates (Dynamo's ``eager`` backend here: inductor would compile for
-    minutes on 2 CPU cores); the checkpoint's state dict has the keys of an uncompiled model."""
-    compiled: list[torch.nn.Module] = []
-
-    def compile_eagerly(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
-        compiled.append(model)
-        return compile_dense_(model, mode=mode, backend="eager", fullgraph=True)
-
-    monkeypatch.setattr(module, "compile_dense_", compile_eagerly)
+def test_lightning_run_compiles_the_dense_part_at_most_three_times(tmp_path):
+    """``module.compile=true``: 20 multi-scale training steps and a validation with a last batch of one image
+    compile the dense part at most 3 times (training; evaluation; evaluation of one image: at most 2
+    recompiles), reported as ``compile/graphs``; the checkpoint's state dict has the keys of an uncompiled
+    model. Dynamo's ``eager`` backend: inductor would compile for minutes on 2 CPU cores."""
     cfg = compose_config(
         [
             "experiment=demo",
             "module.compile=true",
+            "module.compile_backend=eager",
             "model.backbone.out_channels=32",
             "model.detector.box_batch_size_per_image=16",
-            "data.num_train=4",
-            "data.num_val=2",
+            "data.num_train=40",
+            "data.num_val=3",
             "data.batch_size=2",
             "data.val_batch_size=2",
             "data.num_workers=0",
             "data.min_size=96",
-            "data.max_size=128",
+            "data.max_size=160",
+            "data.multiscale=true",
+            "data.multiscale_range=[64,160]",
+            "data.multiscale_max_size=192",
             f"data.root={tmp_path / 'shapes'}",
-            "trainer.fast_dev_run=true",
+            "trainer.max_steps=20",
             "callbacks.rich_progress_bar=null",
             "callbacks.rich_model_summary=null",
+            "callbacks.best_checkpoint=null",
             f"paths.output_dir={tmp_path}",
         ],
         config_name="train",
     )
     metrics = train(cfg)
-    assert metrics["step"] == 1 and "val/bbox/AP" in metrics
-    assert len(compiled) == 1 and compiled[0]._compiled_dense_features is not None
-    num_classes = compiled[0].roi_heads.box_predictor.cls_score.out_features
-    uncompiled = instantiate(cfg.model, num_classes=num_classes, resize_images=False)
-    assert list(compiled[0].state_dict()) == list(uncompiled.state_dict())
+    assert metrics["step"] == 20 and "val/bbox/AP" in metrics
+    assert 2 <= metrics["compile/graphs"] <= 3
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    uncompiled = instantiate(cfg.model, num_classes=4, resize_images=False)
+    assert sorted(state) == sorted(f"model.{key}" for key in uncompiled.state_dict())

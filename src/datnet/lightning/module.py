@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.trainer.states import RunningStage
+from pytorch_lightning.trainer.states import RunningStage, TrainerFn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -51,11 +51,17 @@ class DATNetModule(pl.LightningModule):
         recipe: the (already batch-scaled) LR schedule; None for a module that only evaluates.
         iou_types: COCO metrics to compute (``bbox``, ``segm``).
         evaluate_proposals: also compute RPN proposal recall (Table 5).
+        mid_run_reports: whether validations during training (before the last step) also compute proposal
+            recall and write the reports (per-category AP, PR curves, confusion matrices); by default only
+            the final validation and ``eval.py`` do, and the ranks waiting on rank 0 mid-run wait for boxes
+            and masks only.
         channels_last: use the channels-last memory format (faster convolutions on recent GPUs).
         compile: compile the model's dense part (backbone, auxiliary heads and losses, fusion) as one graph
             with dynamic shapes (``datnet.models.compile_dense_``), for training and evaluation alike; the
             RPN and ROI heads stay eager and the state dict keeps its keys.
         compile_mode: ``torch.compile``'s ``mode`` (``None``: the default, ``max-autotune``, ...).
+        compile_backend: ``torch.compile``'s ``backend`` (``inductor``; ``eager``/``aot_eager`` to debug).
+        compile_cache_dir: Inductor's cache (e.g. the run's ``compile_cache``), reused by a requeued run.
         results_dir: where the evaluation reports (per-category AP, PR curves, confusion matrices) and the
             test result files go.
         finite_check_every: how often (in optimizer steps) the ranks check together for a non-finite loss
@@ -69,9 +75,12 @@ class DATNetModule(pl.LightningModule):
         recipe: Recipe | None = None,
         iou_types: Sequence[str] = ("bbox", "segm"),
         evaluate_proposals: bool = True,
+        mid_run_reports: bool = False,
         channels_last: bool = False,
         compile: bool = False,
         compile_mode: str | None = None,
+        compile_backend: str = "inductor",
+        compile_cache_dir: str | None = None,
         results_dir: str | None = None,
         finite_check_every: int = 50,
     ) -> None:
@@ -82,6 +91,7 @@ class DATNetModule(pl.LightningModule):
         has_mask = getattr(model.roi_heads, "has_mask", lambda: False)()
         self.iou_types = tuple(t for t in iou_types if t != "segm" or has_mask)
         self.evaluate_proposals = evaluate_proposals
+        self.mid_run_reports = mid_run_reports
         self.results_dir = results_dir
         self.skipped: defaultdict[str, list[SkippedSample]] = defaultdict(list)  # per trainer stage
         self.evaluator: CocoEvaluator | None = None
@@ -97,7 +107,9 @@ class DATNetModule(pl.LightningModule):
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         if compile:
-            compile_dense_(self.model, mode=compile_mode)
+            compile_dense_(
+                self.model, mode=compile_mode, backend=compile_backend, cache_dir=compile_cache_dir
+            )
 
     # --- training -------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -234,13 +246,20 @@ class DATNetModule(pl.LightningModule):
         restore_rng_states(checkpoint)
 
     # --- evaluation -----------------------------------------------------------------------------------------
+    @property
+    def _full_evaluation(self) -> bool:
+        """Whether this evaluation computes proposal recall and writes the reports: not a validation in the
+        middle of training (before the last step), unless ``mid_run_reports``."""
+        fitting = self.trainer.state.fn == TrainerFn.FITTING
+        return self.mid_run_reports or not fitting or self.global_step >= self.trainer.max_steps
+
     def _start_evaluation(self, split: str) -> None:
         datamodule = self.trainer.datamodule
         self.evaluator = CocoEvaluator(
             datamodule.coco_gt(split),
             datamodule.label_to_category_id,
             self.iou_types,
-            self.evaluate_proposals,
+            self.evaluate_proposals and self._full_evaluation,
         )
         if self.aux_metrics is not None:
             self.aux_metrics.reset()
@@ -278,6 +297,8 @@ class DATNetModule(pl.LightningModule):
         self.last_metrics, self.last_eval_step = metrics, self.global_step
         # computed on rank 0 and broadcast by the evaluator: identical on every rank, no further reduction
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()})
+        if (compiled := getattr(self.model, "_compiled_dense_features", None)) is not None:
+            self.log("compile/graphs", float(compiled.graphs), rank_zero_only=True)
         # the metrics are over the images that could be read: say how many could not (all ranks)
         skipped = self._report_skipped(self.trainer.state.stage, prefix)
         self.log(f"{prefix}/skipped", sum(skipped.values()), **SUM_OVER_RANKS)
@@ -287,9 +308,11 @@ class DATNetModule(pl.LightningModule):
         """On rank 0, after the evaluator's ``compute``: the per-category AP table, precision-recall curves
         and confusion matrices (``CocoEvaluator.write_reports``) into ``results_dir`` (a test split's into
         ``results_dir/test``), the table also to W&B when a W&B logger is active. Not in Lightning's sanity
-        check, nor without ground-truth objects."""
+        check, nor in a validation in the middle of training (unless ``mid_run_reports``), nor without
+        ground-truth objects."""
         self.per_class_markdown = None
-        if not (self.results_dir and self.trainer.is_global_zero) or self.trainer.sanity_checking:
+        writes = self.results_dir and self.trainer.is_global_zero and self._full_evaluation
+        if not writes or self.trainer.sanity_checking:
             return
         table = self.evaluator.write_reports(Path(self.results_dir) / ("" if split == "val" else split))
         if table is not None:

@@ -59,6 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if module.last_eval_step != trainer.global_step or not module.last_metrics:
             trainer.validate(module, datamodule=datamodule)
         metrics.update(logged_metrics(trainer, "val/"))
+        metrics.update(logged_metrics(trainer, "compile/"))  # graphs compiled, with module.compile=true
         if cfg.get("test"):
             trainer.test(module, datamodule=datamodule)
             metrics.update(logged_metrics(trainer, "test/"))
