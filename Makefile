@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test train eval predict browse ablation lint clean
+.PHONY: install test train eval predict browse ablation notebook lint clean
 
 # `make train ARGS="model=heavy"` adds Hydra overrides; `make eval CKPT=path` evaluates another checkpoint.
 ARGS ?=
@@ -46,6 +46,11 @@ browse: $(STAMP)
 # `make ablation ARGS="pennfudan"` runs one dataset.
 ablation: $(STAMP)
 	PYTHON=$(PY) scripts/paper/ablation.sh $(ARGS)
+
+# Re-executes notebooks/datnet_demo.ipynb in place (150 CPU training steps) and stamps the fingerprint that
+# tests/notebooks checks: run it after changing the notebook, the drawing code or the auxiliary targets.
+notebook: $(STAMP)
+	$(PY) scripts/run_notebook.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,8 +8,9 @@ Positional arguments are Hydra overrides of ``conf/train.yaml`` (so ``experiment
 key apply, as in ``src/train.py``). ``--num`` samples of ``--split`` are drawn at random (``--seed``) and
 loaded exactly as the loader workers load them: the training split through the training pipeline (colour
 jitter, flip, single- or multi-scale resize, so every run with another seed shows other augmentations), the
-val split through the deterministic evaluation resize. Each PNG (``<split>_<index>_<image id>.png``) shows the
-augmented image with the instances' masks, boxes and class names, then the dense auxiliary targets of
+val split through the deterministic evaluation resize. Each PNG (``<split>_<index>_<image id>.png``) shows,
+each panel under its title and a legend of the class colours below, the augmented image with the instances'
+masks, boxes and class names, then the dense auxiliary targets of
 Sec. 3.1 at the image's size, whatever their own resolution (stride 4 or the image's): the distance-transform
 bins (grey levels, black = background, brighter = nearer the object's centre) and the semantic labels (each
 class in its box colour, background black); ignored regions (crowd, VOC void or difficult) are white. Images
@@ -21,13 +22,12 @@ import random
 import sys
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from PIL import Image
 
 from datnet.configs import compose_config
 from datnet.data.dataset import SkippedSample
-from datnet.visualization import class_colors, draw_targets, target_panels
+from datnet.visualization import class_colors, classes_legend, draw_targets, figure, target_panels
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             unreadable += 1
             continue
         image, target = sample
-        picture = draw_targets(image, target, names, colors)
-        drawn = torch.cat([picture, *target_panels(target, tuple(image.shape[-2:]), colors)], dim=2)
+        panels = [("image", draw_targets(image, target, names, colors))]
+        panels += target_panels(target, tuple(image.shape[-2:]), colors)
+        drawn = figure(panels, classes_legend(target["labels"].tolist(), names, colors))
         path = args.output_dir / f"{args.split}_{index:06d}_{target['image_id']}.png"
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path)
         written += 1

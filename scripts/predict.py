@@ -3,6 +3,7 @@
     python scripts/predict.py --checkpoint logs/train/runs/<run>/checkpoints/last.ckpt data/images/
     python scripts/predict.py --checkpoint last.ckpt data.root=/datasets/coco --aux-maps --coco-json photo.jpg
     python scripts/predict.py --checkpoint model.pt model=heavy data=coco photo.jpg   # no run directory
+    python scripts/predict.py --checkpoint last.ckpt --video clip.mp4 --output clip_detections.mp4
 
 The model, the data and hence the class names come from the training run that wrote ``--checkpoint``
 (``<run>/.hydra/config.yaml``, as ``src/eval.py`` takes them): positional arguments that contain ``=`` and are
@@ -28,33 +29,31 @@ file (``images`` with ``id``, ``file_name`` as given, ``width``, ``height``; ``c
 the numbers of COCO-style file names (``000000397133.jpg``) when every input has one, else 1..N in input
 order. Unreadable images are reported by name, skipped and counted; the exit status is 1 when no PNG was
 written.
+
+``--video IN --output OUT.mp4`` draws every frame of a video file (anything OpenCV's ``VideoCapture`` reads)
+the same way into an mp4 (``mp4v`` codec, the input's frame rate, no audio), with a progress bar of frames
+and frames per second; it takes no image paths and no ``--coco-json``.
 """
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor, nn
 
-from datnet.configs import compose_config
 from datnet.data.datamodule import DetectionDataModule
 from datnet.data.image_io import ImageLoadError, read_rgb
 from datnet.data.transforms import image_to_uint8_tensor
+from datnet.deploy.video import Mp4Writer, VideoError, VideoFrames, frame_progress
 from datnet.evaluation.coco_results import ImageResults
-from datnet.models import fold_batchnorm_
-from datnet.runs.build import build_model as build_run_model
-from datnet.runs.config import for_checkpoint, with_run_config
-from datnet.visualization import aux_panels, class_colors, draw_detections
+from datnet.runs.inference import DataConfigError, build_data, build_inference_model, run_config
+from datnet.visualization import aux_panels, class_colors, classes_legend, draw_detections, figure
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-EVAL_SIZES = ("min_size", "max_size")
 
 
 def split_arguments(values: list[str]) -> tuple[list[Path], list[str]]:
@@ -78,45 +77,6 @@ def collect_images(paths: list[Path]) -> list[Path]:
         else:
             files.append(path)
     return files
-
-
-def run_config(overrides: list[str], checkpoint: str | None) -> tuple[DictConfig, bool]:
-    """The config to predict with, and whether its model and data come from the training run that wrote
-    ``checkpoint`` (``overrides`` on top); its detector resizes raw images to the data's evaluation size
-    unless ``model.detector.min_size``/``max_size`` are overridden, and its backbone is built for a
-    whole-model checkpoint (no ImageNet file is looked for)."""
-    composed = compose_config(overrides, config_name="train")
-    cfg = composed
-    if checkpoint:
-        composed.ckpt_path = checkpoint
-        cfg = with_run_config(composed, overrides)
-    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
-    for size in EVAL_SIZES:
-        if f"model.detector.{size}" not in keys:
-            OmegaConf.update(cfg, f"model.detector.{size}", cfg.data[size], force_add=True)
-    return for_checkpoint(cfg), cfg is not composed
-
-
-def build_data(cfg: DictConfig) -> DetectionDataModule:
-    """The data module of ``cfg.data`` (its label space: class names and category ids)."""
-    try:
-        return instantiate(cfg.data)
-    except InstantiationException as error:
-        raise SystemExit(
-            f"the data config ({cfg.data._target_}) gives the class names and category ids, and it cannot "
-            f"be read: {error.__cause__ or error}\npoint it at the dataset with an override (data.root=...)"
-        ) from error
-
-
-def build_model(cfg: DictConfig, data: DetectionDataModule, checkpoint: str | None, device: str) -> nn.Module:
-    """``cfg.model`` for the classes of ``data`` with the checkpoint's weights (random without one; a
-    torchvision COCO detector's 91 indices mapped to the data's category ids), resizing raw images itself, in
-    eval mode with BatchNorm folded into the convolutions."""
-    strict = cfg.model.get("checkpoint_strict", True)
-    model = build_run_model(cfg, data, resize_images=True, checkpoint=checkpoint, strict=strict)
-    model.eval()
-    fold_batchnorm_(model)
-    return model.to(device)
 
 
 def output_path(output_dir: Path, source: Path, used: set[str]) -> Path:
@@ -148,20 +108,33 @@ def coco_records(detection: dict[str, Tensor], image_id: int, label_to_category_
 
 
 @torch.inference_mode()
-def predict_file(model: nn.Module, path: Path, device: str, aux_maps: bool) -> tuple[Tensor, dict]:
-    """The uint8 3xHxW image of one file and the model's detection for it (on the CPU); raises
-    ``ImageLoadError``."""
-    rgb = image_to_uint8_tensor(read_rgb(path))  # the model scales uint8 images to [0, 1] on the device
+def detect(model: nn.Module, rgb: Tensor, device: str, aux_maps: bool) -> dict[str, Tensor]:
+    """The model's detection of one uint8 3xHxW image (on the CPU); the model scales it to [0, 1] on the
+    device."""
     detection = model([rgb.to(device)], return_aux_maps=aux_maps)[0]
-    return rgb, {k: v.cpu() for k, v in detection.items()}
+    return {k: v.cpu() for k, v in detection.items()}
 
 
-def draw(rgb: Tensor, detection: dict, names: list[str], colors: list, args: argparse.Namespace) -> Tensor:
-    """The PNG content (uint8 3xHx(W or 3W)): detections above the threshold, then the aux maps if asked."""
+def draw(
+    rgb: Tensor,
+    detection: dict,
+    names: list[str],
+    colors: list,
+    args: argparse.Namespace,
+    every_class: bool = False,
+) -> Tensor:
+    """The PNG content (uint8): the detections above the threshold, captioned, at the image's size; with
+    ``--aux-maps``, a figure of titled panels (prediction, DT and semantic predictions) with a legend of the
+    classes detected (``every_class``: of all classes, so that every video frame has the same size)."""
     drawn = draw_detections(rgb, detection, names, colors, args.score_threshold)
-    if args.aux_maps:
-        drawn = torch.cat([drawn, *aux_panels(detection, tuple(rgb.shape[-2:]), colors)], dim=2)
-    return drawn
+    if not args.aux_maps:
+        return drawn
+    if every_class:
+        shown = list(range(1, len(names)))
+    else:
+        shown = detection["labels"][detection["scores"] >= args.score_threshold].tolist()
+    panels = [("prediction", drawn), *aux_panels(detection, tuple(rgb.shape[-2:]), colors)]
+    return figure(panels, classes_legend(shown, names, colors))
 
 
 def write_coco_json(output_dir: Path, records: list[dict], images: list[dict], data: DetectionDataModule):
@@ -175,43 +148,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("inputs", nargs="+", help="image files, folders, and Hydra overrides (key=value)")
+    parser.add_argument("inputs", nargs="*", help="image files, folders, and Hydra overrides (key=value)")
     parser.add_argument("--checkpoint", help="Lightning .ckpt or model state dict (default: random weights)")
     parser.add_argument("--output-dir", type=Path, default=Path("predictions"))
+    parser.add_argument("--video", type=Path, help="a video file to draw every frame of, instead of images")
+    parser.add_argument("--output", type=Path, help="with --video: the mp4 file to write (OUT.mp4)")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="of the drawn detections")
     parser.add_argument("--aux-maps", action="store_true", help="draw the DT and semantic maps beside")
     parser.add_argument("--coco-json", action="store_true", help="write COCO-format results beside the PNGs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_intermixed_args(argv)
     args.paths, args.overrides = split_arguments(args.inputs)
-    if not args.paths:
-        parser.error("no input image or folder given")
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint: checkpoint file {args.checkpoint} does not exist")
+    if args.video is None:
+        if args.output is not None:
+            parser.error("--output is the mp4 file of --video; images go to --output-dir")
+        if not args.paths:
+            parser.error("no input image or folder given")
+        return args
+    if not args.video.is_file():
+        parser.error(f"--video: video file {args.video} does not exist")
+    if args.output is None or args.paths or args.coco_json:
+        parser.error("--video takes --output OUT.mp4, and no image paths or --coco-json")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def predict_images(model: nn.Module, data: DetectionDataModule, args: argparse.Namespace) -> int:
+    """One PNG per readable input image in ``--output-dir`` (and the COCO JSON files if asked); 0 when any
+    was written."""
     files = collect_images(args.paths)
-    cfg, from_run = run_config(args.overrides, args.checkpoint)
-    source = "the training run of the checkpoint" if from_run else "the command line"
-    print(f"model and data configs from {source} (data: {cfg.data._target_})")
-    data = build_data(cfg)
-    model = build_model(cfg, data, args.checkpoint, args.device)
-    if args.aux_maps and getattr(model, "auxiliary", None) is None:
-        raise SystemExit("--aux-maps: the model has no auxiliary heads (model.aux.dt and model.aux.seg off)")
     names, colors = data.class_names, class_colors(data.num_classes)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     records, images, unreadable = [], [], 0
     for path, image_id in zip(files, image_ids(files), strict=True):
         try:
-            rgb, detection = predict_file(model, path, args.device, args.aux_maps)
+            rgb = image_to_uint8_tensor(read_rgb(path))
         except ImageLoadError as error:
             print(f"skipped unreadable image: {error}", file=sys.stderr)
             unreadable += 1
             continue
+        detection = detect(model, rgb, args.device, args.aux_maps)
         drawn = draw(rgb, detection, names, colors, args)
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(output_path(args.output_dir, path, used))
         height, width = rgb.shape[-2:]
@@ -223,6 +201,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(records)} COCO result record(s) to {args.output_dir / 'coco_results.json'}")
     print(f"wrote {len(images)} PNG(s) to {args.output_dir}; {unreadable} unreadable image(s) skipped")
     return 0 if images else 1
+
+
+def predict_video(model: nn.Module, data: DetectionDataModule, args: argparse.Namespace) -> int:
+    """Every frame of ``--video`` drawn into the mp4 ``--output`` (at the input's frame rate, no audio),
+    with a progress bar; 0 when any frame was written."""
+    names, colors = data.class_names, class_colors(data.num_classes)
+    try:
+        frames = VideoFrames(args.video)
+        start = time.perf_counter()
+        with Mp4Writer(args.output, frames.fps) as writer, frame_progress() as progress:
+            task = progress.add_task("frames", total=frames.count or None)
+            for frame in frames:
+                rgb = image_to_uint8_tensor(frame)
+                detection = detect(model, rgb, args.device, args.aux_maps)
+                drawn = draw(rgb, detection, names, colors, args, every_class=True)
+                writer.write(drawn.permute(1, 2, 0).numpy())
+                progress.advance(task)
+    except VideoError as error:
+        raise SystemExit(str(error)) from error
+    rate = writer.frames / max(time.perf_counter() - start, 1e-9)
+    print(f"wrote {writer.frames} frame(s) to {args.output} ({rate:.1f} frames/s)")
+    return 0 if writer.frames else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg, from_run = run_config(args.overrides, args.checkpoint)
+    source = "the training run of the checkpoint" if from_run else "the command line"
+    print(f"model and data configs from {source} (data: {cfg.data._target_})")
+    try:
+        data = build_data(cfg)
+    except DataConfigError as error:
+        raise SystemExit(str(error)) from error
+    model = build_inference_model(cfg, data, args.checkpoint, args.device)
+    if args.aux_maps and getattr(model, "auxiliary", None) is None:
+        raise SystemExit("--aux-maps: the model has no auxiliary heads (model.aux.dt and model.aux.seg off)")
+    return predict_video(model, data, args) if args.video else predict_images(model, data, args)
 
 
 if __name__ == "__main__":

@@ -137,10 +137,12 @@ def resolve(path: str, api: Api) -> tuple[list[str], str | None]:
 
 def module_names(module: ModuleType) -> set[str]:
     """``dir(module)``, and for a module replaced by an instance of a ``ModuleType`` subclass (as
-    ``torch.backends.cudnn`` is) the names of that class and of the original module it wraps."""
+    ``torch.backends.cudnn`` is) the names of that class and of the original module it wraps; for torch's
+    config modules (``torch.compiler.config``), whose settings ``dir`` does not list, their settings."""
     names = set(dir(module))
     if type(module) is not ModuleType:
         names.update(dir(type(module)))
+        names.update(getattr(module, "_config", {}))
         for value in vars(module).values():
             if isinstance(value, ModuleType) and value is not module and value.__name__ == module.__name__:
                 names.update(dir(value))

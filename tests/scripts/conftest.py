@@ -1,33 +1,10 @@
-"""Fixtures for the tests of ``scripts/**/*.py``: the scripts loaded as modules, and tiny image files."""
+"""Fixtures for the tests of ``scripts/**/*.py``: tiny image files (``load_script``: tests/conftest.py)."""
 
-import importlib.util
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 from PIL import Image
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-@pytest.fixture(scope="session")
-def load_script() -> Callable[[str], ModuleType]:
-    """``load_script("paper/table7")``: ``scripts/paper/table7.py`` imported as a module (scripts are not a
-    package). Its folder goes on ``sys.path`` as when it runs, so that it imports the modules beside it."""
-
-    def load(name: str) -> ModuleType:
-        path = SCRIPTS / f"{name}.py"
-        if str(path.parent) not in sys.path:
-            sys.path.append(str(path.parent))
-        spec = importlib.util.spec_from_file_location(f"scripts_{name.replace('/', '_')}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
 
 
 @pytest.fixture

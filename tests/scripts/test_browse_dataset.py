@@ -8,15 +8,20 @@ import pytest
 from PIL import Image
 
 from datnet.visualization import DT_GREY_MAX, IGNORE_COLOR, class_colors
+from datnet.visualization.layout import BAR_COLOR, bar_height
 
 SMALL = ["data.num_workers=0", "data.min_size=96", "data.max_size=128"]
 
 
 def panels(path) -> list[np.ndarray]:
-    """The three equal panels of a browse PNG: instances, DT target, semantic target (HxWx3 each)."""
+    """The three equal panels of a browse PNG (instances, DT target, semantic target; HxWx3 each), between
+    their title bar and a one-bar legend, both dark grey where no text is."""
     picture = np.asarray(Image.open(path))
     assert picture.shape[1] % 3 == 0, path
-    return np.split(picture, 3, axis=1)
+    bar = bar_height(picture.shape[1] // 3)
+    for strip in (picture[:bar], picture[-bar:]):
+        assert (strip == BAR_COLOR).all(axis=2).mean() > 0.5, path
+    return np.split(picture[bar:-bar], 3, axis=1)
 
 
 def test_tiny_coco_training_samples_at_the_augmented_size(load_script, shared_data_dir, tmp_path, capsys):
@@ -36,7 +41,9 @@ def test_tiny_coco_training_samples_at_the_augmented_size(load_script, shared_da
         width, height = sizes[int(path.stem.split("_")[-1])]
         scale = min(96 / min(width, height), 128 / max(width, height))
         picture = Image.open(path)
-        assert abs(picture.width - 3 * width * scale) <= 3 and abs(picture.height - height * scale) <= 1, path
+        bar, extra = bar_height(picture.width // 3), picture.height - height * scale  # titles, legend rows
+        assert abs(picture.width - 3 * width * scale) <= 3, path
+        assert any(abs(extra - rows * bar) <= 1 for rows in (2, 3, 4)), path
 
 
 def test_shapes_targets_are_drawn_beside_in_their_colours(load_script, tmp_path):

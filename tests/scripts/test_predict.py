@@ -2,8 +2,11 @@
 data, class names and category ids predict.py takes from the run's saved config."""
 
 import json
+import re
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from faster_coco_eval import COCO
@@ -13,6 +16,7 @@ from PIL import Image
 
 from datnet.configs import compose_config
 from datnet.visualization import class_colors, draw_detections
+from datnet.visualization.layout import bar_height
 
 SMALL_MODEL = [
     "experiment=demo",
@@ -56,7 +60,8 @@ def test_aux_maps_are_drawn_beside(load_script, shapes_data, image_dir, tmp_path
     assert (
         run(load_script, shapes_data, str(image_dir / "a.jpg"), "--aux-maps", "--output-dir", str(out)) == 0
     )
-    assert png_sizes(out) == {"a.png": (3 * 64, 48)}
+    (width, height), bar = png_sizes(out)["a.png"], bar_height(64)
+    assert width == 3 * 64 and height in (48 + 2 * bar, 48 + 3 * bar)  # titles, a legend of one or two rows
 
 
 def test_unreadable_image_is_counted_not_fatal(load_script, shapes_data, image_dir, tmp_path, capsys):
@@ -202,3 +207,44 @@ def test_a_missing_checkpoint_is_the_first_error(load_script, tmp_path, capsys):
         load_script("predict").main([str(tmp_path), "data.root=/no/such/data", "--checkpoint", "nope.ckpt"])
     assert exit_info.value.code == 2
     assert "--checkpoint: checkpoint file nope.ckpt does not exist" in capsys.readouterr().err
+
+
+def count_frames(path: Path) -> tuple[int, tuple[int, int]]:
+    """The frames OpenCV decodes from a video file, and the (width, height) of the last."""
+    capture, count, size = cv2.VideoCapture(str(path)), 0, (0, 0)
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            capture.release()
+            return count, size
+        count, size = count + 1, (frame.shape[1], frame.shape[0])
+
+
+def test_video_gives_every_frame_drawn(load_script, shapes_data, tmp_path, capsys):
+    """A 20-frame clip written with OpenCV: 20 frames out, all of one size (with the aux maps three times as
+    wide, under title bars and above a legend of every class), and the frame rate printed."""
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    out = tmp_path / "out" / "drawn.mp4"
+    # drawn at 0.5 (run's 0 would draw ~100 masks a frame: torchvision's mask drawing then takes the time)
+    args = ["--video", str(clip), "--output", str(out), "--aux-maps", "--score-threshold", "0.5"]
+    assert run(load_script, shapes_data, *args) == 0
+    frames, (width, height) = count_frames(out)
+    assert frames == 20 and width == 3 * 64 and height == 48 + 2 * bar_height(64)  # titles, legend
+    assert re.search(r"wrote 20 frame\(s\) to .*drawn\.mp4 \([\d.]+ frames/s\)", capsys.readouterr().out)
+
+
+def test_video_arguments_are_checked_before_anything_loads(load_script, image_dir, tmp_path, capsys):
+    predict = load_script("predict")
+    for args, message in (
+        (["--video", "nope.mp4", "--output", "o.mp4"], "--video: video file nope.mp4 does not exist"),
+        (["--video", str(image_dir / "a.jpg"), str(image_dir)], "--video takes --output OUT.mp4"),
+        ([str(image_dir), "--output", "o.mp4"], "--output is the mp4 file of --video"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main([*args, "data.root=/no/such/data"])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
