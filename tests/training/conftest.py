@@ -1,8 +1,10 @@
 """Tiny Hydra configurations of the training harness: ResNet-18, small images, few ROIs, no workers."""
 
 import os
+import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from omegaconf import DictConfig
 
 from datnet.configs import compose_config
+from datnet.runs.job_process import processes_with
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,6 +30,25 @@ TINY = [
     "logger=csv",
 ]
 QUIET = ["callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
+MARKER = "DATNET_TEST_SWEEP"
+
+
+def kill_all(entry: str) -> None:
+    """SIGKILL to every process whose environment holds ``entry``."""
+    for pid in processes_with(entry):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def sweep_marker():
+    """A unique ``MARKER=value`` for the environment of the processes a test starts (and all they start);
+    whatever carries it is killed at the end."""
+    entry = f"{MARKER}={uuid.uuid4().hex}"
+    yield entry
+    kill_all(entry)
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ no process of the sweep is left."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,29 +19,12 @@ from omegaconf import read_write
 
 from datnet.configs import CONF_DIR
 from datnet.runs.job_process import JOB_ENV, Rank, processes_with, rank_environments, stop_job
-from datnet.runs.sweep import run_task
+from datnet.runs.sweep import JobFailed, run_task
 
-from .conftest import QUIET, TINY
+from .conftest import MARKER, QUIET, TINY, kill_all
 
 REPO = Path(__file__).resolve().parents[2]
-MARKER = "DATNET_TEST_SWEEP"
 FAULT = "{_target_:sweep_faults.RankFault,rank:%d,kind:%s}"
-
-
-def kill_all(entry: str) -> None:
-    for pid in processes_with(entry):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-@pytest.fixture
-def sweep_marker():
-    """A unique ``KEY=value`` for the environment of a sweep; whatever carries it is killed at the end."""
-    entry = f"{MARKER}={uuid.uuid4().hex}"
-    yield entry
-    kill_all(entry)
 
 
 def test_a_sweep_survives_every_kind_of_failing_ddp_job(tmp_path, shapes_overrides, sweep_marker):
@@ -146,9 +127,15 @@ def test_each_rank_of_a_ddp_job_gets_the_environment_lightning_would_give_it(tin
     assert rank_environments(tiny_config(spawn)) == [{}]  # the strategy starts its processes itself
 
 
-def test_a_job_under_the_slurm_launcher_records_its_failure_in_its_own_process(tmp_path):
+@pytest.mark.parametrize("srun", [False, True])
+def test_a_job_under_submitit_records_its_failure_and_fails(tmp_path, monkeypatch, srun):
     """Under submitit each job is a process (per rank) of its own: the job fails there, recorded in its
-    ``failed.json`` (one of an earlier attempt replaced), and returns to the launcher."""
+    ``failed.json`` (one of an earlier attempt replaced), with ``JobFailed`` naming the failure (Hydra hands
+    it to the sweep as the job's failed result); a rank that srun started exits with status 1 instead, so
+    that srun stops the job's other ranks (with Hydra's failed result the process would exit 0)."""
+    if srun:
+        monkeypatch.setenv("SLURM_NTASKS", "2")
+        monkeypatch.setenv("SLURM_JOB_NAME", "datnet")
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     with read_write(cfg.hydra):  # as in the job's process that submitit starts
@@ -161,8 +148,10 @@ def test_a_job_under_the_slurm_launcher_records_its_failure_in_its_own_process(t
         raise FloatingPointError("non-finite loss at step 7")
 
     HydraConfig.instance().set_config(cfg)
+    raised = SystemExit if srun else JobFailed  # SystemExit with a message: status 1
     try:
-        assert run_task(task, cfg) is None
+        with pytest.raises(raised, match="^job 3 failed: rank 0: FloatingPointError: non-finite loss"):
+            run_task(task, cfg)
     finally:
         HydraConfig.instance().cfg = None
     record = json.loads((tmp_path / "failed.json").read_text())

@@ -11,7 +11,7 @@ from datnet.lightning.checkpoints import RunConfigInCheckpoint
 from datnet.lightning.module import DATNetModule
 from datnet.lightning.requeue import RequeueOnSignal
 from datnet.models import load_model_checkpoint
-from datnet.runs.launch import check_world_size, warn_cpu_processes
+from datnet.runs.launch import check_world_size, enable_nccl_error_handling, warn_cpu_processes
 from datnet.runs.loggers import instantiate_callbacks, instantiate_loggers
 from datnet.runs.plan import RunPlan
 from datnet.runs.sweep import prepare_ddp_relaunch
@@ -69,6 +69,7 @@ def build_trainer(plan: RunPlan, callbacks: list[pl.Callback]) -> pl.Trainer:
     resolved config); raises when the launcher gives another world size than the plan's (``trainer.devices``
     x ``trainer.num_nodes``), whose LR and schedule would then be wrong (``datnet.runs.launch``)."""
     prepare_ddp_relaunch()
+    enable_nccl_error_handling()
     loggers = instantiate_loggers(plan.cfg.get("logger"), run_config=plan.cfg, wandb_id=plan.wandb_id)
     trainer = instantiate(plan.cfg.trainer, callbacks=callbacks, logger=loggers, **plan.trainer_kwargs)
     check_world_size(plan, trainer)

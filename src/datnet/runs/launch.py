@@ -1,7 +1,8 @@
 """Launch checks: a run that would get fewer (or more) ranks than it asked for stops before it reads any data,
 and a CPU run on several processes says what it implies. Silent under-delivery is the failure these prevent:
 ``sbatch`` without ``srun`` starts one task, Lightning then trains on one device with the schedule scaled
-for one, and the other GPUs of the allocation sit idle."""
+for one, and the other GPUs of the allocation sit idle. And NCCL's error handling, so that a rank left
+waiting in a collective by a failed one ends at ``trainer.strategy.timeout``."""
 
 import logging
 import os
@@ -21,6 +22,11 @@ LAUNCHER_VARIABLES = (
     "LOCAL_WORLD_SIZE",
     "LOCAL_RANK",
 )
+
+
+# torch 2.x's name first, then the older one it still reads; 1: a failed or timed-out NCCL collective aborts
+# its communicator and ends the process, instead of leaving it to wait
+NCCL_ERROR_HANDLING = ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING")
 
 
 class LaunchError(RuntimeError):
@@ -67,3 +73,13 @@ def warn_cpu_processes(plan: RunPlan, on_cpu: bool) -> None:
         lr,
         plan.world_size,
     )
+
+
+def enable_nccl_error_handling() -> None:
+    """NCCL's asynchronous error handling on (``TORCH_NCCL_ASYNC_ERROR_HANDLING=1``) unless the user set it
+    (either name of :data:`NCCL_ERROR_HANDLING`): a rank whose collective times out
+    (``trainer.strategy.timeout``, e.g. because another rank died) raises and ends instead of hanging. Read
+    when the process group is created, so set before ``trainer.fit``; the ranks that Lightning starts inherit
+    it."""
+    if not any(name in os.environ for name in NCCL_ERROR_HANDLING):
+        os.environ[NCCL_ERROR_HANDLING[0]] = "1"

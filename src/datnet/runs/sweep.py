@@ -3,7 +3,9 @@ a summary of all jobs is written when the sweep ends.
 
 Under Hydra's basic launcher (jobs one after the other in the sweep process) each job runs in processes of
 its own (:mod:`datnet.runs.job_process`); under a launcher that gives each job processes of its own
-(submitit: one SLURM job per sweep job) the job runs where the launcher started it."""
+(submitit: one SLURM job per sweep job) the job runs where the launcher started it: a rank whose task
+raises records the failure and fails the job (the sweep ends with its error), and under srun exits non-zero,
+so that srun stops the job's other ranks instead of leaving them in a collective."""
 
 import json
 import logging
@@ -18,6 +20,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, read_write
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
@@ -30,6 +33,15 @@ from datnet.runs.job_process import (
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
+# set in the sweep process for the jobs' processes: the entry script (src/train.py, src/eval.py), which a job
+# that a launcher runs in a process of its own (``python -m submitit.core._submit``) starts its DDP ranks with
+ENTRY_SCRIPT_ENV = "DATNET_ENTRY_SCRIPT"
+# set in such a job's process for the ranks that Lightning starts from it: the job's failed.json
+FAILED_FILE_ENV = "DATNET_JOB_FAILED_FILE"
+
+
+class JobFailed(RuntimeError):
+    """A sweep job failed: its first failing rank, that rank's error and the job's ``failed.json``."""
 
 
 def in_multirun() -> bool:
@@ -40,14 +52,21 @@ def prepare_ddp_relaunch() -> None:
     """Make Lightning's DDP launcher start this job's other ranks as single runs of *this job*, where a
     launcher runs a multirun job in a process of its own that starts its ranks itself (``submitit_local``).
 
-    Lightning starts ranks 1..N-1 by re-running ``sys.argv`` with ``hydra.run.dir`` set to Hydra's
-    ``run.dir``. In a multirun that would re-run the whole sweep (``-m`` and every value list) in a second
-    output directory: here ``sys.argv`` becomes the job's own overrides and ``run.dir`` the job's directory.
+    Lightning starts ranks 1..N-1 by re-running ``sys.argv`` (``python -m <module>`` when ``__main__`` is a
+    module) with ``hydra.run.dir`` set to Hydra's ``run.dir``. In such a job's process that would run the
+    launcher's own module (``submitit.core._submit``), and the arguments would re-run the whole sweep (``-m``
+    and every value list) in a second output directory: here ``__main__`` becomes the sweep's entry script
+    (:data:`ENTRY_SCRIPT_ENV`), ``sys.argv`` the job's own overrides and ``run.dir`` the job's directory.
     """
     if not in_multirun():
         return
+    import __main__
+
     hydra_cfg = HydraConfig.get()
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    entry = os.environ.get(ENTRY_SCRIPT_ENV)  # set by SweepSummary, unless the sweep runs without it
+    if entry is not None:
+        __main__.__spec__ = None
+    sys.argv = [entry or sys.argv[0], *hydra_cfg.overrides.task]
     with read_write(hydra_cfg.run):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
 
@@ -71,47 +90,70 @@ def end_job(environment: dict[str, str]) -> None:
 def report_failed_job(record: dict[str, Any]) -> None:
     """Logs a failed job and prints ``JOB FAILED {"job": N, "error": ...}``."""
     num = HydraConfig.get().job.num
-    log.error("job %d failed (%s); the sweep goes on", num, record["error"])
+    log.error("job %d failed (%s)", num, record["error"])
     print(f"JOB FAILED {json.dumps({'job': num, 'error': record['error']})}", flush=True)
 
 
-def run_job_here(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any] | None:
-    """A multirun job in the process its launcher started (one rank of it): a failure is written to
-    ``<job dir>/failed.json`` by the first rank that fails (the others find it there) and the launcher
-    goes on with the next job (one of an earlier attempt in the same directory is removed first)."""
+def record_job_failure(failed_file: Path, error: BaseException) -> dict[str, Any]:
+    """Writes ``error`` of this rank as the job's ``failed.json`` unless a rank of the job already did (the
+    first failure is the cause, what fails on the other ranks then follows from it); returns the record in the
+    file."""
+    rank = {**exception_record(error), "rank": rank_zero_only.rank}
+    record = {
+        "error": f"rank {rank['rank']}: {rank['error']}",
+        "failed_ranks": [rank["rank"]],
+        "ranks": [rank],
+    }
+    try:
+        with open(failed_file, "x") as file:
+            json.dump(record, file, indent=2)
+    except FileExistsError:
+        return json.loads(failed_file.read_text())
+    return record
+
+
+def run_job_here(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any]:
+    """A multirun job in the process its launcher started (one rank of it; an earlier attempt's
+    ``failed.json`` in the same directory is removed first). A failure is written to ``<job dir>/failed.json``
+    by the first rank that fails, here or in a rank that Lightning starts from here (:data:`FAILED_FILE_ENV`),
+    and the job fails with :class:`JobFailed` (naming that first failure, not this rank's own error, which
+    may follow from it): Hydra makes it the job's failed result, which submitit hands to the sweep, and the
+    sweep ends with it. A rank that srun started (SLURM) exits with status 1 instead: with the result it would
+    exit 0, and srun would leave the job's other ranks waiting in their next collective (until
+    ``trainer.strategy.timeout``) instead of stopping them (``SLURM_KILL_BAD_EXIT``, conf/hydra/launcher/
+    slurm.yaml); submitit then reports the job as one without a result, with the end of its error output.
+    Ranks that Lightning starts from here are stopped by this one (``runs.tasks.stop_ddp_processes``)."""
     environment = dict(os.environ)
     failed_file = Path(HydraConfig.get().runtime.output_dir) / FAILED_FILE
     if rank_zero_only.rank == 0:
         failed_file.unlink(missing_ok=True)
+    os.environ[FAILED_FILE_ENV] = str(failed_file)
     try:
         return task(cfg)
     except Exception as error:
-        rank = {**exception_record(error), "rank": rank_zero_only.rank}
-        record = {
-            "error": f"rank {rank['rank']}: {rank['error']}",
-            "failed_ranks": [rank["rank"]],
-            "ranks": [rank],
-        }
-        try:
-            with open(failed_file, "x") as file:
-                json.dump(record, file, indent=2)
-        except FileExistsError:
-            pass
+        record = record_job_failure(failed_file, error)
         report_failed_job(record)
-        return None
+        message = f"job {HydraConfig.get().job.num} failed: {record['error']} ({failed_file})"
+        if SLURMEnvironment.detect():
+            log.error("rank %d failed", rank_zero_only.rank, exc_info=error)
+            raise SystemExit(message) from error
+        raise JobFailed(message) from error
     finally:
         end_job(environment)
 
 
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any] | None:
     """Runs ``task``. A single run fails with the task's exception (a rank of a sweep job also records it
-    for the sweep); in a multirun a failing job is recorded in ``<job dir>/failed.json`` and the sweep goes on
-    with the next job. Returns the job's metrics, None when it failed."""
+    for the sweep); in a multirun a failing job is recorded in ``<job dir>/failed.json``: under the basic
+    launcher the sweep goes on with the next job (None for this one), under a launcher that runs the job
+    where it started it (submitit) the job fails (:func:`run_job_here`). Returns the job's metrics."""
     if not in_multirun():
         try:
             return task(cfg)
         except Exception as error:
             record_rank_failure(error)
+            if FAILED_FILE_ENV in os.environ:  # a rank that Lightning started from a job's process
+                record_job_failure(Path(os.environ[FAILED_FILE_ENV]), error)
             raise
     if HydraConfig.get().runtime.choices.get("hydra/launcher") != "basic":  # submitit: a process per job
         return run_job_here(task, cfg)
@@ -160,8 +202,13 @@ def summary_markdown(
 
 
 class SweepSummary(Callback):
-    """Writes ``summary.json`` and ``summary.md`` into the sweep directory at the end of a multirun, prints
-    the table, and exits non-zero when a job failed (after every job has run)."""
+    """The sweep process's side of a multirun: at its start, names the entry script for the jobs' processes
+    (:data:`ENTRY_SCRIPT_ENV`, :func:`prepare_ddp_relaunch`); at its end, writes ``summary.json`` and
+    ``summary.md`` into the sweep directory, prints the table, and exits non-zero when a job failed (after
+    every job has run)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[ENTRY_SCRIPT_ENV] = os.path.abspath(sys.argv[0])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
