@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 from datnet.paper_tables import TABLE7
+from datnet.runs.job_process import FAILED_FILE
+from datnet.runs.sweep import METRICS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = REPO / "conf" / "experiment"
@@ -51,12 +53,16 @@ OTHER_KEYS = ("val/bbox/AP", "val/segm/AP", "val/rpn/AR@100", "val/rpn/AR@1000")
 
 @dataclass
 class Run:
-    """A finished (or unfinished) run: where it is, its ``paper`` field, overrides and METRICS."""
+    """A run: where it is, its ``paper`` field, overrides, METRICS and status: ``finished`` (METRICS
+    written), ``failed`` (``failed.json`` written, by a single run or a sweep job; its ``error``) or
+    ``unfinished`` (neither: still running, or stopped without a trace)."""
 
     path: Path
     paper: dict[str, Any] | None
     overrides: list[str]
     metrics: dict[str, Any]
+    status: str = "finished"
+    error: str = ""
 
 
 @dataclass
@@ -77,11 +83,18 @@ def read_yaml(path: Path) -> Any:
 
 
 def load_run(path: Path) -> Run:
-    """The run in directory ``path`` (missing files read as empty)."""
+    """The run in directory ``path`` (missing files read as empty); failed when it has a ``failed.json``,
+    even if a rank got as far as its METRICS."""
     config = read_yaml(path / ".hydra" / "config.yaml") or {}
-    metrics_file = path / "metrics.json"
+    metrics_file, failed_file = path / METRICS_FILE, path / FAILED_FILE
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return Run(path, config.get("paper"), read_yaml(path / ".hydra" / "overrides.yaml") or [], metrics)
+    run = Run(path, config.get("paper"), read_yaml(path / ".hydra" / "overrides.yaml") or [], metrics)
+    if failed_file.is_file():
+        run.status, run.error = "failed", json.loads(failed_file.read_text()).get("error", "")
+        run.metrics = {}
+    elif not metrics:
+        run.status = "unfinished"
+    return run
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -141,6 +154,14 @@ def run_label(run: Run) -> str:
     return "/".join(run.path.parts[-2:])
 
 
+def status_note(run: Run) -> str:
+    """`` (failed: <error>)`` or `` (unfinished)`` after a run's label; nothing for a finished run."""
+    if run.status == "failed":
+        error = run.error.splitlines()[0] if run.error else "see failed.json"
+        return f" (failed: {error.replace('|', '/')[:120]})"
+    return " (unfinished)" if run.status == "unfinished" else ""
+
+
 def markdown(header: list[str], lines: list[list[str]]) -> str:
     """A markdown table."""
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -155,18 +176,22 @@ def render_table(table: int, rows: list[Row]) -> str:
     for row in sorted(rows, key=lambda r: (r.index, r.name)):
         lines.append([row.name, "paper" if row.runnable else "paper (other work)"])
         lines[-1] += [cell(row.paper, keys) for _, keys in columns]
-        if row.runnable and not row.runs:
+        if row.runnable and not any(run.status == "finished" for run in row.runs):
             lines.append(["", "ours (not run)"] + ["-"] * len(columns))
         for run in row.runs:
             cells = [cell(run.metrics, keys, "val/") for _, keys in columns]
-            lines.append(["", f"ours `{run_label(run)}`", *cells])
+            lines.append(["", f"ours `{run_label(run)}`{status_note(run)}", *cells])
     return f"### {caption}\n\n" + markdown(["Row", "Source", *(h for h, _ in columns)], lines)
 
 
 def render_others(runs: list[Run]) -> str:
     """Runs without a ``paper`` field: their overrides and headline metrics."""
     lines = [
-        [f"`{run_label(r)}`", " ".join(r.overrides), *(percent(r.metrics.get(k)) for k in OTHER_KEYS)]
+        [
+            f"`{run_label(r)}`{status_note(r)}",
+            " ".join(r.overrides),
+            *(percent(r.metrics.get(k)) for k in OTHER_KEYS),
+        ]
         for r in runs
     ]
     return "### Other runs\n\n" + markdown(["Run", "Overrides", *OTHER_KEYS], lines)

@@ -46,7 +46,26 @@ def test_pairs_and_missing_metrics(tmp_path):
     fake_run(tmp_path / "run", {"paper": paper}, None, ["experiment=table2/dt"])
     text = load_script().results_markdown([tmp_path])
     assert "| + DT head | paper | 39.0/35.2 | 60.3/56.9 |" in text
-    assert "|  | ours `tmp_path0/run` | - | - |".replace("tmp_path0", tmp_path.name) in text
+    assert "|  | ours `tmp_path0/run` (unfinished) | - | - |".replace("tmp_path0", tmp_path.name) in text
+
+
+def test_failed_and_unfinished_runs_are_marked_and_do_not_fill_the_row(tmp_path):
+    """A crashed run (``failed.json``, even beside a rank's METRICS) is listed as failed with its error, an
+    unfinished one as unfinished, and the row still shows that ours has not been run."""
+    paper = yaml.safe_load((PROJECT_ROOT / "conf/experiment/table2/dt.yaml").read_text())["paper"]
+    fake_run(tmp_path / "crashed", {"paper": paper}, {"val/bbox/AP": 0.5}, ["experiment=table2/dt"])
+    failure = {"error": "rank 1: RuntimeError: CUDA out of memory\nTraceback ...", "failed_ranks": [1]}
+    (tmp_path / "crashed" / "failed.json").write_text(json.dumps(failure))
+    fake_run(tmp_path / "running", {"paper": paper}, None, ["experiment=table2/dt"])
+    fake_run(tmp_path / "other", {"paper": None}, None, ["experiment=demo"])
+    (tmp_path / "other" / "failed.json").write_text(json.dumps({"error": "ValueError: bad"}))
+    text = load_script().results_markdown([tmp_path])
+    row = text.split("| + DT head | paper |")[1].split("| + ")[0]
+    assert "|  | ours (not run) |" in row
+    crashed = f"ours `{tmp_path.name}/crashed` (failed: rank 1: RuntimeError: CUDA out of memory) | - |"
+    assert crashed in row
+    assert "ours `" + tmp_path.name + "/running` (unfinished) | - |" in row
+    assert "`" + tmp_path.name + "/other` (failed: ValueError: bad)" in text
 
 
 def test_table7_rows(tmp_path):

@@ -71,6 +71,9 @@ def test_a_rank_that_raises_ends_the_job_within_a_minute(launcher, tmp_path, swe
     code, seconds, output = run_job(launcher, "raise", sweep_marker, tmp_path)
     assert code != 0 and seconds < LIMIT_S, (code, seconds, output)
     assert processes_with(sweep_marker) == []  # no rank (nor anything a rank started) left
+    if launcher == "plain":  # a single run records its failure too (results_table.py marks it failed)
+        failed = json.loads((tmp_path / "run" / "failed.json").read_text())
+        assert failed["error"] == "rank 1: RuntimeError: injected fault on rank 1 at step 1", failed
     if launcher in SWEEPS:
         failed = json.loads((tmp_path / "sweep" / "0" / "failed.json").read_text())
         assert failed["error"] == "rank 1: RuntimeError: injected fault on rank 1 at step 1", failed

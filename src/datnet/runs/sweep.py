@@ -143,17 +143,22 @@ def run_job_here(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) 
 
 
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any] | None:
-    """Runs ``task``. A single run fails with the task's exception (a rank of a sweep job also records it
-    for the sweep); in a multirun a failing job is recorded in ``<job dir>/failed.json``: under the basic
-    launcher the sweep goes on with the next job (None for this one), under a launcher that runs the job
-    where it started it (submitit) the job fails (:func:`run_job_here`). Returns the job's metrics."""
+    """Runs ``task``. A single run fails with the task's exception, recorded in its ``failed.json`` (a rank
+    of a sweep job records it in the job's); in a multirun a failing job is recorded in
+    ``<job dir>/failed.json``: under the basic launcher the sweep goes on with the next job (None for this
+    one), under a launcher that runs the job where it started it (submitit) the job fails
+    (:func:`run_job_here`). Returns the job's metrics."""
     if not in_multirun():
+        run_failed_file = Path(HydraConfig.get().runtime.output_dir) / FAILED_FILE
+        if rank_zero_only.rank == 0:
+            run_failed_file.unlink(missing_ok=True)  # an earlier attempt's, before a resume
         try:
             return task(cfg)
         except Exception as error:
             record_rank_failure(error)
-            if FAILED_FILE_ENV in os.environ:  # a rank that Lightning started from a job's process
-                record_job_failure(Path(os.environ[FAILED_FILE_ENV]), error)
+            # a rank that Lightning started from a job's process records the job's failure; a single run
+            # its own (results_table.py lists it as failed)
+            record_job_failure(Path(os.environ.get(FAILED_FILE_ENV, run_failed_file)), error)
             raise
     if HydraConfig.get().runtime.choices.get("hydra/launcher") != "basic":  # submitit: a process per job
         return run_job_here(task, cfg)
