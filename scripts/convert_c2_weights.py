@@ -1,7 +1,9 @@
 """Caffe2 ImageNet weights (maskrcnn-benchmark's and Detectron's ``R-50.pkl``, ``X-101-32x8d.pkl``) as a
-torchvision ResNet state dict, for ``model.backbone.weights=OUT.pth`` (the paper's starting point, Sec. 4):
+torchvision ResNet state dict (the paper's starting point, Sec. 4). By default the file goes where
+``model.backbone.weights=c2`` reads it, the torch hub cache (``$TORCH_HOME/hub/checkpoints/resnet50-c2.pth``,
+``datnet.models.backbone.c2_file``); with OUT, to OUT, for ``model.backbone.weights=OUT``:
 
-    python scripts/convert_c2_weights.py R-50.pkl weights/R-50-c2.pth
+    python scripts/convert_c2_weights.py R-50.pkl [OUT.pth]
 
 The pickle holds numpy arrays under Caffe2 names (inside a ``blobs`` dict or at the top level):
 ``conv1_w``; ``res_conv1_bn_{s,b}``; ``res<S>_<B>_branch2{a,b,c}_w`` and ``..._bn_{s,b}`` (the three
@@ -15,7 +17,7 @@ BatchNorm, ``(x - mean) / sqrt(var + eps) * weight + bias``, is that affine map 
 Optimizer state (``*_momentum``) is skipped and counted; every other unknown blob is listed, and every
 tensor of the torchvision model must be filled with the right shape, or the conversion fails.
 
-The weights differ from torchvision's in two more ways, which the model must be told (docs):
+The weights differ from torchvision's in two more ways, which ``weights=c2`` implies and a path must be told:
 - ``R-50.pkl`` (MSRA) strides in the first 1x1 convolution of each stage:
   ``model.backbone.stride_in_1x1=true`` (maskrcnn-benchmark's ``STRIDE_IN_1X1``; false for ``X-101-32x8d``);
 - the input is BGR in 0..255 minus the pixel mean [102.9801, 115.9465, 122.7717], std 1:
@@ -32,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.models import get_model
+
+from datnet.models.backbone import c2_file
 
 BN_EPS = 1e-5  # torchvision's BatchNorm2d and FrozenBatchNorm2d
 SKIPPED_SUFFIX = "_momentum"  # SGD momentum buffers saved beside the weights
@@ -170,7 +174,12 @@ def convert(blobs: Mapping[str, np.ndarray], arch: str) -> tuple[dict[str, torch
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", type=Path, help="Caffe2 weights pickle (R-50.pkl, X-101-32x8d.pkl)")
-    parser.add_argument("output", type=Path, help="torchvision-format state dict to write (.pth)")
+    parser.add_argument(
+        "output",
+        type=Path,
+        nargs="?",
+        help="torchvision-format state dict to write (.pth); default: where model.backbone.weights=c2 reads",
+    )
     parser.add_argument("--arch", help="torchvision model name (default: inferred from the blobs)")
     args = parser.parse_args(argv)
     if not args.input.is_file():
@@ -179,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     blobs = load_c2_blobs(args.input)
     arch = args.arch or infer_arch(blobs, args.input)
     state, report = convert(blobs, arch)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, args.output)
+    output = args.output or c2_file(arch)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, output)
     converted = len(blobs) - len(report["skipped"]) - len(report["unmapped"])
-    print(f"{args.input}: {converted} blobs -> {arch} ({len(state)} tensors) in {args.output}")
+    print(f"{args.input}: {converted} blobs -> {arch} ({len(state)} tensors) in {output}")
     print(f"skipped {len(report['skipped'])} optimizer blob(s) (*{SKIPPED_SUFFIX})")
     print(f"unmapped {len(report['unmapped'])} blob(s){':' if report['unmapped'] else ''}")
     for name in report["unmapped"]:

@@ -30,6 +30,10 @@ the numbers of COCO-style file names (``000000397133.jpg``) when every input has
 order. Unreadable images are reported by name, skipped and counted; the exit status is 1 when no PNG was
 written.
 
+``--tta-flip`` and ``--tta-scales S [S ...]`` draw the detections merged over augmented views (each short
+side ``S`` in pixels, default the model's, and with ``--tta-flip`` each flipped left-right), as
+``src/eval.py tta.flip=true tta.scales=[...]`` evaluates them (docs/tta.md).
+
 ``--video IN --output OUT.mp4`` draws every frame of a video file (anything OpenCV's ``VideoCapture`` reads)
 the same way into an mp4 (``mp4v`` codec, the input's frame rate, no audio), with a progress bar of frames
 and frames per second; it takes no image paths and no ``--coco-json``.
@@ -39,20 +43,24 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from datnet.data.datamodule import DetectionDataModule
 from datnet.data.image_io import ImageLoadError, read_rgb
 from datnet.data.transforms import image_to_uint8_tensor
 from datnet.deploy.video import Mp4Writer, VideoError, VideoFrames, frame_progress
 from datnet.evaluation.coco_results import ImageResults
+from datnet.models.tta import TestTimeAugmentation
 from datnet.runs.inference import DataConfigError, build_data, build_inference_model, run_config
 from datnet.visualization import aux_panels, class_colors, classes_legend, draw_detections, figure
 
+Detector = Callable[..., list[dict[str, Tensor]]]  # the model, or its test-time augmentation
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -108,7 +116,7 @@ def coco_records(detection: dict[str, Tensor], image_id: int, label_to_category_
 
 
 @torch.inference_mode()
-def detect(model: nn.Module, rgb: Tensor, device: str, aux_maps: bool) -> dict[str, Tensor]:
+def detect(model: Detector, rgb: Tensor, device: str, aux_maps: bool) -> dict[str, Tensor]:
     """The model's detection of one uint8 3xHxW image (on the CPU); the model scales it to [0, 1] on the
     device."""
     detection = model([rgb.to(device)], return_aux_maps=aux_maps)[0]
@@ -157,8 +165,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--aux-maps", action="store_true", help="draw the DT and semantic maps beside")
     parser.add_argument("--coco-json", action="store_true", help="write COCO-format results beside the PNGs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tta-flip", action="store_true", help="test-time augmentation: also flipped views")
+    parser.add_argument(
+        "--tta-scales", type=int, nargs="+", metavar="S", help="test-time augmentation: views' short sides"
+    )
     args = parser.parse_intermixed_args(argv)
     args.paths, args.overrides = split_arguments(args.inputs)
+    scales = args.tta_scales
+    if scales is not None and (min(scales) <= 0 or len(set(scales)) != len(scales)):
+        parser.error(f"--tta-scales: distinct positive short sides in pixels; got {scales}")
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint: checkpoint file {args.checkpoint} does not exist")
     if args.video is None:
@@ -174,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def predict_images(model: nn.Module, data: DetectionDataModule, args: argparse.Namespace) -> int:
+def predict_images(model: Detector, data: DetectionDataModule, args: argparse.Namespace) -> int:
     """One PNG per readable input image in ``--output-dir`` (and the COCO JSON files if asked); 0 when any
     was written."""
     files = collect_images(args.paths)
@@ -203,7 +218,7 @@ def predict_images(model: nn.Module, data: DetectionDataModule, args: argparse.N
     return 0 if images else 1
 
 
-def predict_video(model: nn.Module, data: DetectionDataModule, args: argparse.Namespace) -> int:
+def predict_video(model: Detector, data: DetectionDataModule, args: argparse.Namespace) -> int:
     """Every frame of ``--video`` drawn into the mp4 ``--output`` (at the input's frame rate, no audio),
     with a progress bar; 0 when any frame was written."""
     names, colors = data.class_names, class_colors(data.num_classes)
@@ -237,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     model = build_inference_model(cfg, data, args.checkpoint, args.device)
     if args.aux_maps and getattr(model, "auxiliary", None) is None:
         raise SystemExit("--aux-maps: the model has no auxiliary heads (model.aux.dt and model.aux.seg off)")
-    return predict_video(model, data, args) if args.video else predict_images(model, data, args)
+    detector: Detector = model
+    if args.tta_flip or args.tta_scales:
+        tta = TestTimeAugmentation(model.transform.min_size[-1], args.tta_scales, args.tta_flip)
+        detector = partial(tta, model)
+    return predict_video(detector, data, args) if args.video else predict_images(detector, data, args)
 
 
 if __name__ == "__main__":

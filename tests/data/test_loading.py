@@ -11,12 +11,21 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from datnet.data.aux_targets import dense_aux_targets
+from datnet.contract import unpack_masks
+from datnet.data.aux_targets import aux_targets, dense_aux_targets
 from datnet.data.datamodule import ShapesDataModule
+from datnet.data.instance_masks import InstanceMasks
+from datnet.data.rasterise import rasterise
+from datnet.data.records import Instance
 from datnet.data.samplers import InferenceSampler, aspect_ratio_groups, training_batch_sampler
 from datnet.data.transforms import AugmentConfig, apply_transforms, build_transforms
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
+
+
+def unpack(masks: InstanceMasks) -> np.ndarray:
+    """The uint8 NxHxW masks, through the bit-packed form that loader workers send."""
+    return unpack_masks(torch.from_numpy(masks.packed()), masks.width).numpy()
 
 
 def sample(height: int = 60, width: int = 100):
@@ -26,16 +35,15 @@ def sample(height: int = 60, width: int = 100):
     masks[0, 10:30, 8:40] = 1
     masks[1, 20:50, 60:96] = 1
     boxes = np.array([[8, 10, 40, 30], [60, 20, 96, 50]], np.float32)
-    return image, masks, boxes
+    instances = [Instance(k, tuple(b), 1) for k, b in enumerate(boxes.tolist())]  # box-only: filled boxes
+    return image, masks, boxes, instances
 
 
 @pytest.mark.parametrize(("size", "expected"), [((600, 800), (800, 1067)), ((480, 1600), (400, 1333))])
 def test_eval_resize_short_side_and_long_cap(size, expected):
     image = np.zeros((*size, 3), np.uint8)
-    out, *_ = apply_transforms(
-        build_transforms(AugmentConfig(), train=False), image, np.zeros((0, *size)), np.zeros((0, 4))
-    )
-    assert out.shape[:2] == expected
+    out = apply_transforms(build_transforms(AugmentConfig(), train=False), image, np.zeros((0, 4)))
+    assert out.image.shape[:2] == expected and not out.flipped
 
 
 def test_multiscale_draws_short_sides_from_the_range():
@@ -46,27 +54,27 @@ def test_multiscale_draws_short_sides_from_the_range():
     t.set_random_seed(0)
     shorts = set()
     for _ in range(30):
-        out, *_ = apply_transforms(
-            t, np.zeros((300, 400, 3), np.uint8), np.zeros((0, 300, 400)), np.zeros((0, 4))
-        )
+        out = apply_transforms(t, np.zeros((300, 400, 3), np.uint8), np.zeros((0, 4))).image
         assert 400 <= min(out.shape[:2]) <= 1200 and max(out.shape[:2]) <= 1400
         shorts.add(min(out.shape[:2]))
     assert len(shorts) > 10
 
 
 def test_flip_and_resize_move_image_masks_boxes_and_targets_together():
-    image, masks, boxes = sample()
+    image, masks, boxes, instances = sample()
     cfg = AugmentConfig(min_size=120, max_size=400, hflip_prob=1.0, color_jitter=0)
-    out, out_masks, out_boxes, keep = apply_transforms(build_transforms(cfg, train=True), image, masks, boxes)
-    assert out.shape[:2] == (120, 200) and out_masks.shape == (2, 120, 200) and keep.tolist() == [0, 1]
+    out = apply_transforms(build_transforms(cfg, train=True), image, boxes)
+    out_masks = rasterise(instances, image.shape[:2], out.image.shape[:2], out.flipped)
+    assert out.image.shape[:2] == (120, 200) and out.flipped and out.keep.tolist() == [0, 1]
     expected = np.stack([np.repeat(np.repeat(m[:, ::-1], 2, 0), 2, 1) for m in masks])
-    assert np.array_equal(out_masks, expected)
-    assert out[:, :90].max() == 0 and out[:, 110:].min() == 200  # the image is flipped too
-    np.testing.assert_allclose(out_boxes, [[120, 20, 184, 60], [8, 40, 80, 100]], atol=1e-3)
-    for box, m in zip(out_boxes, out_masks, strict=True):
+    assert np.array_equal(unpack(out_masks), expected)
+    assert out.image[:, :90].max() == 0 and out.image[:, 110:].min() == 200  # the image is flipped too
+    np.testing.assert_allclose(out.boxes, [[120, 20, 184, 60], [8, 40, 80, 100]], atol=1e-3)
+    for box, m in zip(out.boxes, expected, strict=True):
         ys, xs = np.nonzero(m)
         np.testing.assert_allclose(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1e-3)
-    dt, _ = dense_aux_targets(out_masks, np.array([1, 2]), np.zeros((0, 120, 200), np.uint8))
+    empty = InstanceMasks(120, 200)
+    dt, _ = aux_targets(out_masks, np.array([1, 2]), empty)
     ref, _ = dense_aux_targets(expected, np.array([1, 2]), np.zeros((0, 120, 200), np.uint8))
     assert np.array_equal(dt, ref) and dt.shape == (30, 50)
 

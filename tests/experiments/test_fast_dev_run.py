@@ -23,5 +23,6 @@ def test_one_step(name, tiny_experiment):
     metrics = train(cfg)
     assert "val/bbox/AP" in metrics and metrics["step"] == 1
     assert ("val/segm/AP" in metrics) == (cfg.model.mask_head != "none")
-    if name.startswith("table5"):
+    if name.startswith("table5"):  # both protocols (conf/experiment/paper/maskrcnn_benchmark.yaml)
         assert "val/rpn/AR@100" in metrics and "val/rpn/AR@1000" in metrics
+        assert "val/rpn_mb/AR@100" in metrics and "val/rpn_mb/AR@1000" in metrics

@@ -1,6 +1,6 @@
-"""``model.backbone.weights``: ``imagenet`` through torchvision's weights and the torch hub cache,
-``scratch``, or a local path; a missing ImageNet file stops the build at once with an error that says what
-to do."""
+"""``model.backbone.weights``: ``imagenet`` through torchvision's weights and the torch hub cache, ``c2``
+(maskrcnn-benchmark's converted Caffe2 weights in the hub cache), ``scratch``, or a local path; a missing
+file stops the build at once with an error that says what to do."""
 
 import time
 import urllib.error
@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ResNet18_Weights, resnet18, resnet50
 
 from datnet.configs import compose_config
 from datnet.models.backbone import (
+    C2_TRANSFORM,
     WeightsUnavailableError,
     backbone_for_checkpoint,
     build_resnet_fpn_backbone,
+    c2_file,
     imagenet_file,
 )
 from datnet.models.mixed_precision import AutocastFrozenBatchNorm2d
@@ -165,3 +167,39 @@ def test_transform_options_are_checked():
             DATNetTransform(64, 96, [0.5] * 3, [0.2] * 3, **bad)
     with pytest.raises(ValueError, match="set model.transform.image_mean, not model.detector.image_mean"):
         build_datnet(num_classes=3, backbone=dict(name="resnet18"), detector=dict(image_mean=[0, 0, 0]))
+
+
+def test_c2_file_is_read_from_the_hub_cache_with_its_conventions(torch_home, no_download):
+    """``model.backbone.weights=c2``: the converted R-50 file under its name in the hub cache, and the model
+    built as that file was trained (stride in each stage's first 1x1, BGR 0..255 minus the Caffe2 mean)."""
+    from datnet.models import build_datnet
+
+    torch.manual_seed(0)
+    c2 = resnet50()
+    path = c2_file("resnet50")
+    assert path == torch_home / "hub" / "checkpoints" / "resnet50-c2.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(c2.state_dict(), path)
+    model = build_datnet(
+        num_classes=3, backbone=dict(name="resnet50", weights="c2"), box_head="res5", pooler="mspwa"
+    )
+    body = model.backbone.body
+    assert not no_download
+    torch.testing.assert_close(body.layer3[2].conv2.weight, c2.layer3[2].conv2.weight, rtol=0, atol=0)
+    assert isinstance(body.bn1, AutocastFrozenBatchNorm2d)
+    for stage in (body.layer2[0], body.layer4[0], model.roi_heads.box_head.res5[0]):
+        assert (stage.conv1.stride, stage.conv2.stride) == ((2, 2), (1, 1))
+    transform = model.transform
+    assert (transform.pixel_range, transform.channel_order) == (255, "bgr")
+    assert transform.image_mean == C2_TRANSFORM["image_mean"] and transform.image_std == [1.0, 1.0, 1.0]
+
+
+def test_missing_c2_file_names_the_conversion_command(torch_home, no_download):
+    with pytest.raises(WeightsUnavailableError) as error:
+        build_resnet_fpn_backbone("resnext101_32x8d", weights="c2")
+    message = str(error.value)
+    assert str(c2_file("resnext101_32x8d")) in message
+    assert "`python scripts/convert_c2_weights.py X-101-32x8d.pkl`" in message
+    assert not no_download
+    with pytest.raises(ValueError, match="Caffe2 weights exist for"):
+        build_resnet_fpn_backbone("resnet18", weights="c2")

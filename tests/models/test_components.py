@@ -74,6 +74,24 @@ def test_mspwa_concatenates_all_levels_with_se_attention():
     assert se.fc1.out_channels == 1024 // 16  # reduction 16
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_mspwa_reweights_each_channel_by_its_max_squeezed_se_weight(grad):
+    """Fig. 3: the concatenated ROI maps times a per-channel weight in (0, 1), sigmoid(fc2(relu(fc1(max
+    over the ROI's map)))), computed by hand; in training and in the in-place inference path alike."""
+    torch.manual_seed(0)
+    pooler = MultiScaleAttentionPooler(["0", "1", "2", "3"], 7)
+    boxes = [torch.tensor([[4.0, 4.0, 40.0, 30.0], [10.0, 20.0, 120.0, 90.0]])]
+    feats = pyramid()
+    pooled = pooler.pool_levels(feats, boxes, [(96, 128)])
+    se = pooler.attention
+    squeezed = pooled.amax(dim=(-2, -1), keepdim=True)
+    weights = torch.sigmoid(se.fc2(torch.relu(se.fc1(squeezed))))
+    assert weights.shape == (2, 1024, 1, 1) and 0.05 < weights.min() and weights.max() < 0.95
+    with torch.set_grad_enabled(grad):
+        out = pooler(feats, boxes, [(96, 128)])
+    torch.testing.assert_close(out, pooled * weights)
+
+
 @pytest.mark.parametrize("level", ["0", "1", "2", "3"])
 def test_mspwa_pools_every_level_for_every_box(level):
     torch.manual_seed(0)

@@ -41,6 +41,30 @@ def test_train_mode_loss_terms(batch, aux, extra):
     sum(losses.values()).backward()
 
 
+@pytest.mark.parametrize("preset", ["light", "heavy"])
+def test_fused_features_feed_the_rpn_and_roi_heads(batch, preset):
+    """Sec. 3.3: "The fused features are used by the standard Mask R-CNN RPN, box, and mask heads": the
+    pyramid the RPN and the ROI heads receive is the fusion's output P2'..P6', not the backbone's."""
+    model = small_model(preset).train()
+    seen = {}
+
+    def keep(name: str, value) -> None:
+        seen[name] = value
+
+    model.backbone.register_forward_hook(lambda m, i, o: keep("backbone", o))
+    model.auxiliary.fusion.register_forward_hook(lambda m, i, o: keep("fused", o))
+    model.rpn.register_forward_pre_hook(lambda m, args: keep("rpn", args[1]))
+    model.roi_heads.register_forward_pre_hook(lambda m, args: keep("roi_heads", args[0]))
+    model(*batch)
+    fused, backbone = seen["fused"], seen["backbone"]
+    assert list(fused) == list(backbone) == ["0", "1", "2", "3", "pool"]
+    for consumer in ("rpn", "roi_heads"):
+        assert list(seen[consumer]) == list(fused)
+        for name, level in fused.items():
+            assert seen[consumer][name] is level
+            assert not torch.equal(level, backbone[name])
+
+
 def test_aux_losses_are_weighted(batch):
     torch.manual_seed(1)
     model = small_model("light", aux=dict(dt_weight=0.25, seg_weight=0.25))
@@ -251,6 +275,29 @@ def test_res5_fully_initialised_from_resnet50_stage5(tmp_path):
         torch.testing.assert_close(value, reference[key])
 
 
+@pytest.mark.parametrize(("init", "gain"), [("torchvision", 1 / 3), ("maskrcnn_benchmark", 1.0)])
+def test_fpn_res5_head_starts_its_first_block_convolutions_at_random(init, gain):
+    """Table 3 "no MSPwA, res5": res5 takes FPN's 256 channels, not stage 4's 1024, so its first block's
+    ``conv1`` and ``downsample`` convolution cannot take ImageNet's tensors: PyTorch's default init
+    (``model.init=torchvision``, std sqrt(1 / (3 fan_in))) or maskrcnn-benchmark's ResNet
+    ``kaiming_uniform_(a=1)`` (std sqrt(1 / fan_in)); every other tensor is ImageNet's."""
+    from torchvision.models import resnet50
+
+    from datnet.models.backbone import AutocastFrozenBatchNorm2d as FrozenBN
+    from datnet.models.roi_feature_extractors import build_res5
+
+    imagenet = resnet50().layer4.state_dict()
+    torch.manual_seed(0)
+    res5 = build_res5("resnet50", 256, FrozenBN, imagenet, init)
+    random = {"0.conv1.weight", "0.downsample.0.weight"}
+    for key, value in res5.state_dict().items():
+        if key in random:
+            assert value.shape[1] == 256 and value.shape != imagenet[key].shape
+            assert abs(value.std().item() / (gain / 256) ** 0.5 - 1) < 0.05, key
+        else:
+            torch.testing.assert_close(value, imagenet[key], rtol=0, atol=0, msg=key)
+
+
 def test_wrong_weights_file_is_a_clear_error(tmp_path):
     path = tmp_path / "not_resnet.pth"
     torch.save({"foo": torch.zeros(1)}, path)
@@ -287,4 +334,4 @@ def test_model_report_matches_table7():
     for row in rows:
         assert row["num_classes"] == 81
         paper = TABLE7[(row["model"], row["backbone"])][1] * 1e6
-        assert abs(row["params"] / paper - 1) < 0.005, row
+        assert abs(row["params"] / paper - 1) < 0.0025, row  # within 0.22 % (ResNeXt-101 Mask R-CNN)

@@ -1,4 +1,6 @@
-"""maskrcnn-benchmark's training proposals: the post-NMS top N of the batch (FPN_POST_NMS_TOP_N_TRAIN)."""
+"""maskrcnn-benchmark's RPN details: the training proposals, the post-NMS top N of the batch
+(FPN_POST_NMS_TOP_N_TRAIN), and the anchors crossing the image border left out of the loss
+(STRADDLE_THRESH)."""
 
 import pytest
 import torch
@@ -8,7 +10,12 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 from datnet.models.mixed_precision import Float32AnchorGenerator, Float32BoxCoder
-from datnet.models.rpn import BatchTopNRegionProposalNetwork, Float32RegionProposalNetwork, top_n_over_batch
+from datnet.models.rpn import (
+    BatchTopNRegionProposalNetwork,
+    Float32RegionProposalNetwork,
+    straddling,
+    top_n_over_batch,
+)
 
 from .conftest import SMALL_DETECTOR, small_model
 
@@ -19,12 +26,9 @@ def separate_boxes(n: int) -> torch.Tensor:
     return torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], dim=1)
 
 
-def tiny_rpn(
-    post_nms_top_n: int, rpn: type[RegionProposalNetwork] = RegionProposalNetwork, head: RPNHead | None = None
-) -> RegionProposalNetwork:
-    """An ``rpn`` (torchvision's by default) on one 8-channel level, keeping ``post_nms_top_n`` proposals per
-    image (the top N of the batch in training for ``BatchTopNRegionProposalNetwork``)."""
-    return rpn(
+def tiny_rpn_args(head: RPNHead | None = None, post_nms_top_n: int = 20) -> tuple:
+    """The arguments of an RPN on one 8-channel level, keeping ``post_nms_top_n`` proposals per image."""
+    return (
         AnchorGenerator(((16, 32),), ((0.5, 1.0, 2.0),)),
         head or RPNHead(8, 6),
         0.7,
@@ -35,6 +39,14 @@ def tiny_rpn(
         dict(training=post_nms_top_n, testing=post_nms_top_n),
         0.7,
     )
+
+
+def tiny_rpn(
+    post_nms_top_n: int, rpn: type[RegionProposalNetwork] = RegionProposalNetwork, head: RPNHead | None = None
+) -> RegionProposalNetwork:
+    """An ``rpn`` (torchvision's by default) on one 8-channel level, keeping ``post_nms_top_n`` proposals per
+    image (the top N of the batch in training for ``BatchTopNRegionProposalNetwork``)."""
+    return rpn(*tiny_rpn_args(head, post_nms_top_n))
 
 
 def test_hand_built_batch_where_per_image_and_per_batch_top_n_differ():
@@ -124,3 +136,60 @@ def test_detector_settings_are_torchvisions_maskrcnn_defaults():
         assert vars(ours_part.box_coder) == vars(theirs_part.box_coder)
     for name in ("min_size", "max_size", "image_mean", "image_std", "size_divisible", "fixed_size"):
         assert getattr(ours.transform, name) == getattr(theirs.transform, name), name
+
+
+def test_straddling_anchors_are_the_ones_not_inside_the_image():
+    """maskrcnn-benchmark's visibility at STRADDLE_THRESH = 0: x1, y1 >= 0 and x2 < W, y2 < H (strictly)."""
+    anchors = torch.tensor(
+        [
+            [0.0, 0.0, 59.9, 49.9],  # inside
+            [-0.5, 10.0, 20.0, 20.0],  # left of the image
+            [10.0, 10.0, 60.0, 20.0],  # x2 = W
+            [10.0, 10.0, 20.0, 50.0],  # y2 = H
+            [10.0, -1.0, 20.0, 20.0],  # above
+        ]
+    )
+    assert straddling(anchors, (50, 60), 0).tolist() == [False, True, True, True, True]
+    assert straddling(anchors, (50, 60), 0.5).tolist() == [False, False, False, False, True]
+
+
+def test_straddle_thresh_ignores_the_anchors_crossing_the_image_border_in_the_loss():
+    """With ``straddle_thresh=0`` the RPN labels are torchvision's except that every anchor crossing the
+    (unpadded) image is -1; the loss changes; the default (-1) is torchvision's RPN."""
+    torch.manual_seed(0)
+    torchvision_rpn = tiny_rpn(20)
+    ours = Float32RegionProposalNetwork(*tiny_rpn_args(torchvision_rpn.head), straddle_thresh=0)
+    default = Float32RegionProposalNetwork(*tiny_rpn_args(torchvision_rpn.head))
+    images = ImageList(torch.zeros(1, 3, 64, 64), [(48, 56)])  # padded to 64 x 64
+    features = {"0": torch.randn(1, 8, 16, 16)}
+    targets = [{"boxes": torch.tensor([[0.0, 2.0, 30.0, 40.0]])}]  # on the left border
+    seen = {}
+    for name, rpn in (("torchvision", torchvision_rpn), ("ours", ours), ("default", default)):
+        assign = rpn.assign_targets_to_anchors
+
+        def record(anchors, targets, assign=assign, name=name):
+            labels, matched = assign(anchors, targets)
+            seen[name] = (anchors[0], labels[0].clone())
+            return labels, matched
+
+        rpn.assign_targets_to_anchors = record
+        torch.manual_seed(1)
+        seen[f"{name} losses"] = rpn.train()(images, features, targets)[1]
+    anchors, expected = seen["torchvision"]
+    outside = straddling(anchors, (48, 56), 0)
+    assert (expected[outside] == 1).any() and (expected[outside] == 0).any()  # they did count
+    torch.testing.assert_close(seen["ours"][1], torch.where(outside, -1.0, expected), rtol=0, atol=0)
+    torch.testing.assert_close(seen["default"][1], expected, rtol=0, atol=0)
+    for key, value in seen["torchvision losses"].items():
+        torch.testing.assert_close(seen["default losses"][key], value, rtol=0, atol=0)
+    assert seen["ours losses"]["loss_objectness"] != seen["torchvision losses"]["loss_objectness"]
+
+
+def test_config_straddle_thresh_reaches_the_rpn():
+    default = small_model("maskrcnn").rpn
+    ours = small_model("maskrcnn", detector={**SMALL_DETECTOR, "rpn_straddle_thresh": 0}).rpn
+    assert (default.straddle_thresh, ours.straddle_thresh) == (-1, 0)
+    per_batch = small_model(
+        "maskrcnn", detector={**SMALL_DETECTOR, "rpn_straddle_thresh": 0, "rpn_post_nms_per_batch": True}
+    ).rpn
+    assert type(per_batch) is BatchTopNRegionProposalNetwork and per_batch.straddle_thresh == 0

@@ -164,3 +164,23 @@ def test_unexpected_content_is_refused(tmp_path, load_script, c2_blobs):
     with pytest.raises(pickle.UnpicklingError, match="posix.getcwd is not allowed"):
         script.main([str(tmp_path / "code.pkl"), str(tmp_path / "out.pth")])
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_weights_c2_reads_the_default_output_as_the_c2_network(
+    c2_blobs, c2_pickle, load_script, tmp_path, monkeypatch
+):
+    """Without OUT the script writes where ``model.backbone.weights=c2`` reads (the hub cache of
+    ``TORCH_HOME``), and that one override gives the Caffe2 network and input, no other option needed."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert load_script("convert_c2_weights").main([str(c2_pickle)]) == 0
+    assert (tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-c2.pth").is_file()
+    model = instantiate(compose_config(["+model=light", "model.backbone.weights=c2"]).model, num_classes=3)
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    c2_input = image.flip(0).float() - torch.tensor(C2_PIXEL_MEAN)[:, None, None]
+    torch.testing.assert_close(model.eval().transform.normalize(image), c2_input)
+    with torch.no_grad():
+        expected = c2_resnet50_body(c2_blobs, c2_input[None])
+        got = model.backbone.body(c2_input[None])["3"]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, get_worker_info
@@ -35,10 +36,15 @@ SPLITS = ("train", "val", "test")
 
 
 def _init_worker(worker_id: int, rank: int) -> None:
-    """Give each loader worker (and rank) its own augmentation stream.
+    """Give each loader worker (and rank) its own augmentation stream, and run OpenCV on the worker's own
+    thread: the workers are the parallelism (torch already gives each one thread), and OpenCV's default pool
+    of one thread per core in every worker would oversubscribe the cores.
 
-    (No cv2.setNumThreads here: after fork, OpenCV deadlocks tearing down the parent's thread pool.)
+    `cv2.setNumThreads(0)` (sequential; `getNumThreads()` then says 1), not 1: 1 joins the pool's threads,
+    and a pool that the parent process started before the fork has no threads in the worker to join, so the
+    worker would hang. 0 leaves the pool alone and stops OpenCV from using it.
     """
+    cv2.setNumThreads(0)
     info = get_worker_info()
     info.dataset.transforms.set_random_seed((info.seed + 1_000_003 * rank) % 2**32)
 
@@ -65,6 +71,8 @@ class DetectionDataModule(pl.LightningDataModule):
             (maskrcnn-benchmark, torchvision references); evaluation splits keep every image.
         aux_stride: stride of the dense auxiliary targets; the configs set it to `model.aux.loss_stride`
             (1: per pixel, the paper; 4: the heads' P2 grid).
+        aux_image_border_is_boundary: the DT target's image-border rule (`aux_targets`); the configs set it
+            to `model.aux.image_border_is_boundary`.
         seed: shuffling seed (the epoch is added by `set_epoch`).
         pin_memory: DataLoader pin_memory (page-locked batches for fast, asynchronous copies to a GPU): True,
             False, or "auto": True when the batches go to a CUDA device (the trainer's root device; without a
@@ -85,6 +93,7 @@ class DetectionDataModule(pl.LightningDataModule):
         color_jitter: float = 0.4,
         aspect_ratio_group_factor: int = 3,
         aux_stride: int = 4,
+        aux_image_border_is_boundary: bool = True,
         seed: int = 0,
         pin_memory: bool | str = "auto",
         remove_images_without_annotations: bool = False,
@@ -99,6 +108,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         check_stride(aux_stride, "data.aux_stride")
         self.aspect_ratio_group_factor, self.aux_stride = aspect_ratio_group_factor, aux_stride
+        self.aux_image_border_is_boundary = aux_image_border_is_boundary
         self.seed, self.pin_memory = seed, pin_memory
         self.remove_images_without_annotations = remove_images_without_annotations
         self._sources: dict[str, SourceData | None] = {}
@@ -158,6 +168,7 @@ class DetectionDataModule(pl.LightningDataModule):
                 build_transforms(self.augment, train=split == "train"),
                 categories=self.categories,
                 aux_stride=self.aux_stride,
+                aux_image_border_is_boundary=self.aux_image_border_is_boundary,
                 use_difficult=self.use_difficult,
                 remove_images_without_annotations=split == "train" and self.remove_images_without_annotations,
             )

@@ -14,6 +14,10 @@ An item is `(image, target)`:
   (`datnet.contract.IGNORE`; see `aux_targets`). Unannotated data (COCO test-dev) has no instances and
   all-ignore `dt`/`sem`. `datnet.contract` states what of this the model relies on.
 
+The masks are rasterised once, at the size and orientation of `image` (`datnet.data.rasterise`), as crops on
+the instances' boxes (`datnet.data.instance_masks`) that the areas, the packed masks and the auxiliary
+targets all read.
+
 uint8 images and packed masks make a sample about a fifth of the bytes of float32 images with uint8 masks
 (`scripts/bench/bench_data.py`: what workers pickle and the host copies to the device).
 
@@ -27,15 +31,14 @@ from collections import Counter
 from typing import Any, NamedTuple
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datnet.contract import IGNORE, grid_shape, pack_masks
-from datnet.data.aux_targets import dense_aux_targets
+from datnet.contract import IGNORE, grid_shape
+from datnet.data.aux_targets import aux_targets
 from datnet.data.image_io import ImageLoadError, read_rgb
-from datnet.data.masks import decode_masks
+from datnet.data.rasterise import rasterise
 from datnet.data.records import Category, ImageRecord, Instance, SerializedRecords, SourceData
 from datnet.data.transforms import apply_transforms, image_to_uint8_tensor
 
@@ -80,6 +83,8 @@ class DetectionDataset(Dataset):
             the training split's list to the other splits so that labels agree.
         aux_stride: stride of the dense auxiliary targets, that of the auxiliary loss (1: per pixel, the
             paper's image-resolution loss; 4: the heads' P2 resolution, targets sampled at cell centres).
+        aux_image_border_is_boundary: whether the DT target treats the image border as a boundary of the
+            objects it cuts (`aux_targets`).
         use_difficult: train on VOC `difficult` objects instead of treating them as ignore regions.
         remove_images_without_annotations: leave out the images without any annotation wider and taller
             than 1 px (crowd and ignore regions count), counted as `image_without_annotations`: the training
@@ -96,6 +101,7 @@ class DetectionDataset(Dataset):
         transforms: A.Compose,
         categories: list[Category] | None = None,
         aux_stride: int = 4,
+        aux_image_border_is_boundary: bool = True,
         use_difficult: bool = False,
         remove_images_without_annotations: bool = False,
     ) -> None:
@@ -107,6 +113,7 @@ class DetectionDataset(Dataset):
         self.annotated = source.annotated
         self.transforms = transforms
         self.aux_stride = aux_stride
+        self.aux_image_border_is_boundary = aux_image_border_is_boundary
         self.use_difficult = use_difficult
         self.skip_counts: Counter[str] = source.skips.counts
         self._drop_unknown_categories(records, source)
@@ -167,29 +174,32 @@ class DetectionDataset(Dataset):
         objects = [i for i in rec.instances if not self.is_ignore_region(i)]
         ignored = [i for i in rec.instances if self.is_ignore_region(i)]
         instances = objects + ignored
-        masks = decode_masks(instances, rec.height, rec.width)
         boxes = np.array([i.bbox for i in instances], dtype=np.float32).reshape(-1, 4)
-        image, masks, boxes, keep = apply_transforms(self.transforms, image, masks, boxes)
-
-        is_object = keep < len(objects)
-        labels = np.array(
-            [self.category_to_label[objects[k].category_id] for k in keep[is_object]], dtype=np.int64
+        out = apply_transforms(self.transforms, image, boxes)
+        masks = rasterise(
+            [instances[k] for k in out.keep], (rec.height, rec.width), out.image.shape[:2], out.flipped
         )
-        obj_masks = np.ascontiguousarray(masks[is_object])
+
+        is_object = out.keep < len(objects)
+        labels = np.array(
+            [self.category_to_label[objects[k].category_id] for k in out.keep[is_object]], dtype=np.int64
+        )
+        obj_masks = masks.select(is_object)
         if self.annotated:
-            dt, sem = dense_aux_targets(obj_masks, labels, masks[~is_object], self.aux_stride)
+            border = self.aux_image_border_is_boundary
+            dt, sem = aux_targets(obj_masks, labels, masks.select(~is_object), self.aux_stride, border)
         else:
-            dt = np.full(grid_shape(*image.shape[:2], self.aux_stride), IGNORE, dtype=np.uint8)
+            dt = np.full(grid_shape(*out.image.shape[:2], self.aux_stride), IGNORE, dtype=np.uint8)
             sem = dt.copy()
         target = {
-            "boxes": torch.from_numpy(boxes[is_object]),
+            "boxes": torch.from_numpy(out.boxes[is_object]),
             "labels": torch.from_numpy(labels),
-            "masks_packed": torch.from_numpy(pack_masks(obj_masks)),
+            "masks_packed": torch.from_numpy(obj_masks.packed()),
             "image_id": rec.image_id,
             "orig_size": torch.tensor([rec.height, rec.width], dtype=torch.int64),
-            "area": torch.tensor([cv2.countNonZero(m) for m in obj_masks], dtype=torch.float32),
+            "area": torch.from_numpy(obj_masks.areas),
             "iscrowd": torch.zeros(len(labels), dtype=torch.int64),
             "dt": torch.from_numpy(dt),
             "sem": torch.from_numpy(sem),
         }
-        return image_to_uint8_tensor(image), target
+        return image_to_uint8_tensor(out.image), target

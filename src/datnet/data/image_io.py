@@ -41,7 +41,7 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
-    return np.asarray(img.convert("RGB"))
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
 
 
 def read_rgb(path: Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:

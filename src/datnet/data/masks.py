@@ -1,5 +1,5 @@
-"""Instance segmentations (COCO polygons / RLE, or none) to binary masks, with pycocotools (loader workers
-send them bit-packed: ``datnet.contract.pack_masks``)."""
+"""Instance segmentations (COCO polygons / RLE, or none): validation at load time, COCO RLE to and from
+binary masks with pycocotools, label PNGs (the masks a sample holds are made by ``datnet.data.rasterise``)."""
 
 from __future__ import annotations
 
@@ -46,24 +46,23 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     return rle
 
 
+def box_proxy(segmentation: Segmentation, box: tuple[float, float, float, float]) -> list[list[float]] | dict:
+    """The segmentation, or for None (box-only data) the filled box as a polygon: the proxy mask of
+    Sec. 4.4."""
+    if segmentation is not None:
+        return segmentation
+    x1, y1, x2, y2 = box
+    return [[x1, y1, x2, y1, x2, y2, x1, y2]]
+
+
 def to_rle(segmentation: Segmentation, box: tuple[float, float, float, float], height: int, width: int):
     """A single compressed RLE for polygons, any RLE, or (None) the filled box proxy mask of Sec. 4.4."""
-    if segmentation is None:
-        x1, y1, x2, y2 = box
-        segmentation = [[x1, y1, x2, y1, x2, y2, x1, y2]]
+    segmentation = box_proxy(segmentation, box)
     if isinstance(segmentation, list):
         return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     if isinstance(segmentation["counts"], list):
         return mask_utils.frPyObjects(segmentation, height, width)
     return segmentation
-
-
-def decode_masks(instances: list[Instance], height: int, width: int) -> np.ndarray:
-    """Rasterise the instances to a NxHxW uint8 {0,1} array at the original image size."""
-    if not instances:
-        return np.zeros((0, height, width), dtype=np.uint8)
-    rles = [to_rle(inst.segmentation, inst.bbox, height, width) for inst in instances]
-    return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))
 
 
 def read_label_png(path: Path) -> np.ndarray:

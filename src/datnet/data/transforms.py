@@ -2,16 +2,18 @@
 preserving resize (short side 800, long side <= 1333), or multi-scale training (short side drawn from
 400..1200, long side <= 1400). Evaluation pipelines only resize, deterministically.
 
-Image, masks and boxes go through the same pipeline; boxes carry their index (`ids`) so that masks can be
-matched with the boxes albumentations keeps.
+The image and the boxes go through the pipeline; boxes carry their index (`ids`) so that the instances that
+albumentations keeps are known. The masks are not resized here: the pipeline records whether it flipped
+(`save_applied_params`), and `datnet.data.rasterise` makes the masks at the output size and orientation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from albumentations.augmentations.geometric.resize import MaxSizeTransform
@@ -64,28 +66,39 @@ def build_transforms(cfg: AugmentConfig, train: bool) -> A.Compose:
         steps.append(ShortSideResize(lo, hi, cfg.multiscale_max_size))
     else:
         steps.append(ShortSideResize(cfg.min_size, cfg.min_size, cfg.max_size))
-    return A.Compose(steps, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["ids"]))
+    return A.Compose(
+        steps, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["ids"]), save_applied_params=True
+    )
 
 
-def apply_transforms(
-    transforms: A.Compose, image: np.ndarray, masks: np.ndarray, boxes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Run the pipeline on an HxWx3 image, its NxHxW masks and Nx4 xyxy boxes.
+class Augmented(NamedTuple):
+    """The pipeline's output: the image, the kept boxes (float32 Nx4 xyxy), the indices of the input
+    instances they belong to, and whether the image was flipped left-right."""
 
-    Returns the new image, masks, boxes (float32) and the indices of the input instances that were kept.
-    """
-    args: dict[str, Any] = {"image": image, "bboxes": boxes.reshape(-1, 4), "ids": np.arange(len(boxes))}
-    if len(masks):
-        args["masks"] = masks
-    out = transforms(**args)
-    keep = np.asarray(out["ids"], dtype=np.int64)
-    new_masks = np.asarray(out["masks"])[keep] if len(masks) else masks.reshape(0, *out["image"].shape[:2])
-    return out["image"], new_masks, np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4), keep
+    image: np.ndarray
+    boxes: np.ndarray
+    keep: np.ndarray
+    flipped: bool
+
+
+def apply_transforms(transforms: A.Compose, image: np.ndarray, boxes: np.ndarray) -> Augmented:
+    """Run a `build_transforms` pipeline on an HxWx3 image and its Nx4 xyxy boxes."""
+    out = transforms(image=image, bboxes=boxes.reshape(-1, 4), ids=np.arange(len(boxes)))
+    flipped = any(name == A.HorizontalFlip.__name__ for name, _ in out["applied_transforms"])
+    return Augmented(
+        out["image"],
+        np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4),
+        np.asarray(out["ids"], dtype=np.int64),
+        flipped,
+    )
 
 
 def image_to_uint8_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 RGB to a 3xHxW uint8 tensor, as loader workers send it (the model scales it to [0, 1])."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    """HxWx3 uint8 RGB to a 3xHxW uint8 tensor, as loader workers send it (the model scales it to [0, 1]);
+    OpenCV splits the channels straight into the tensor's planes."""
+    planes = np.empty((3, *image.shape[:2]), dtype=np.uint8)
+    cv2.split(image, list(planes))
+    return torch.from_numpy(planes)
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -25,6 +25,7 @@ from datnet.evaluation.coco_metrics import (
 )
 from datnet.evaluation.coco_results import ImageResults, ResultKind
 from datnet.evaluation.distributed import broadcast_from_rank0, gather_to_rank0, rank_and_world_size
+from datnet.evaluation.greedy_recall import greedy_proposal_recall
 from datnet.evaluation.per_class import ClassPrecision, PerClassTable
 from datnet.evaluation.plots import confusion_matrix, write_confusion_matrix, write_pr_curves
 
@@ -35,6 +36,9 @@ IOU_TYPES: tuple[IouType, ...] = ("bbox", "segm")
 GATHER_IMAGES_PER_ROUND = 256
 # Proposal records scored by one COCOeval run (~1 KB each once loaded): recall is summed over such chunks.
 PROPOSAL_RECORDS_PER_CHUNK = 200_000
+# How proposal recall is computed: COCOeval with useCats=0 (``rpn/``) and maskrcnn-benchmark's greedy matching
+# (``rpn_mb/``, ``datnet.evaluation.greedy_recall``)
+PROPOSAL_PROTOCOLS = ("cocoeval", "maskrcnn_benchmark")
 
 
 def merge_image_results(target: dict[int, ImageResults], image_id: int, results: ImageResults) -> None:
@@ -67,6 +71,8 @@ class CocoEvaluator:
         evaluate_proposals: also compute class-agnostic recall of the ``proposals`` in the predictions.
         proposal_max_dets: the numbers of proposals per image recall is computed at; only the first
             ``max(proposal_max_dets)`` proposals of an image are kept.
+        proposal_protocols: how recall is computed (``PROPOSAL_PROTOCOLS``): ``cocoeval`` (``rpn/AR@100``...)
+            and/or ``maskrcnn_benchmark`` (``rpn_mb/AR@100``...).
 
     Metrics are computed on the images passed to :meth:`update` (on any process), so a partial pass over a
     dataset is scored on the images it saw. Under torch.distributed, :meth:`compute` gathers every image on
@@ -80,10 +86,16 @@ class CocoEvaluator:
         iou_types: Sequence[IouType] = ("bbox",),
         evaluate_proposals: bool = False,
         proposal_max_dets: Sequence[int] = PROPOSAL_MAX_DETS,
+        proposal_protocols: Sequence[str] = ("cocoeval",),
     ) -> None:
         unknown = set(iou_types) - set(IOU_TYPES)
         if unknown:
             raise ValueError(f"unsupported iou_types {sorted(unknown)}; expected a subset of {IOU_TYPES}")
+        if set(proposal_protocols) - set(PROPOSAL_PROTOCOLS):
+            raise ValueError(
+                f"proposal protocols {proposal_protocols}: expected some of {PROPOSAL_PROTOCOLS}"
+            )
+        self.proposal_protocols = tuple(proposal_protocols)
         self.iou_types = tuple(iou_types)
         self.evaluate_proposals = evaluate_proposals
         self.proposal_max_dets = tuple(sorted(proposal_max_dets))
@@ -246,14 +258,19 @@ class CocoEvaluator:
             metrics.update(summary_metrics(coco_eval, iou_type))
             if coco_eval is not None:
                 self._class_precision[iou_type] = ClassPrecision.from_cocoeval(coco_eval)
-        if self.evaluate_proposals:
+        if self.evaluate_proposals and "cocoeval" in self.proposal_protocols:
             metrics.update(self._proposal_recall())
+        if self.evaluate_proposals and "maskrcnn_benchmark" in self.proposal_protocols:
+            kept = self.image_ids if self.max_proposals else []  # none kept: no objects to recall
+            proposals = {i: self._image_results[i].proposals for i in kept}
+            metrics.update(greedy_proposal_recall(self.coco_gt, proposals, self.proposal_max_dets))
         return metrics
 
     def compute(self) -> dict[str, float]:
         """Gather every process's images on rank 0 (collective), score them there and return the metrics
         on every process: ``{iou_type}/AP``, ``/AP50``, ``/AP75``, ``/AP_S``, ``/AP_M``, ``/AP_L`` per iou
-        type and, with proposals, ``rpn/AR@100``, ``rpn/AR_S@100``, ... ``rpn/AR_L@1000``. Values are
+        type and, with proposals, ``rpn/AR@100``, ``rpn/AR_S@100``, ... ``rpn/AR_L@1000`` (``rpn_mb/...``
+        for maskrcnn-benchmark's protocol). Values are
         fractions; a metric without ground truth to measure it is ``nan``; no predictions at all give 0
         where GT exists. Afterwards rank 0 holds every image and the other processes none. An error on
         rank 0 (e.g. an image evaluated twice with different predictions) is raised on every process."""

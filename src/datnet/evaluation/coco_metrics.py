@@ -118,11 +118,11 @@ class RecallCounts:
         """Counts of the union of both (disjoint) image sets."""
         return RecallCounts(self.max_dets, self.matched + other.matched, self.total + other.total)
 
-    def metrics(self) -> dict[str, float]:
-        """Average recall over the IoU thresholds, ``rpn/AR{_S,_M,_L}@{max_dets}`` (as COCOeval's
+    def metrics(self, prefix: str = "rpn") -> dict[str, float]:
+        """Average recall over the IoU thresholds, ``{prefix}/AR{_S,_M,_L}@{max_dets}`` (as COCOeval's
         ``_summarize``); ``nan`` for an area range without objects."""
         return {
-            f"rpn/AR{suffix}@{max_det}": (
+            f"{prefix}/AR{suffix}@{max_det}": (
                 float(np.mean(self.matched[:, a, m] / self.total[a])) if self.total[a] else math.nan
             )
             for m, max_det in enumerate(self.max_dets)

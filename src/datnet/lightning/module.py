@@ -3,6 +3,7 @@
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -20,6 +21,7 @@ from datnet.lightning.param_groups import parameter_groups
 from datnet.lightning.schedule import Recipe
 from datnet.lightning.tables import log_wandb_table
 from datnet.models import compile_dense_
+from datnet.models.tta import TestTimeAugmentation
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]], list]
 NO_STEP = 2**62  # "no non-finite loss" in the device-side record of the first step with one
@@ -51,6 +53,7 @@ class DATNetModule(pl.LightningModule):
         recipe: the (already batch-scaled) LR schedule; None for a module that only evaluates.
         iou_types: COCO metrics to compute (``bbox``, ``segm``).
         evaluate_proposals: also compute RPN proposal recall (Table 5).
+        proposal_protocols: how (``CocoEvaluator``): ``cocoeval`` and/or ``maskrcnn_benchmark``.
         mid_run_reports: whether validations during training (before the last step) also compute proposal
             recall and write the reports (per-category AP, PR curves, confusion matrices); by default only
             the final validation and ``eval.py`` do, and the ranks waiting on rank 0 mid-run wait for boxes
@@ -66,6 +69,8 @@ class DATNetModule(pl.LightningModule):
             test result files go.
         finite_check_every: how often (in optimizer steps) the ranks check together for a non-finite loss
             (:meth:`check_finite_losses`); also at the last step, before every checkpoint and validation.
+        tta: evaluate the detections merged over augmented views (``datnet.models.tta``, ``tta.*`` of
+            conf/eval.yaml) instead of the model's own; None (the default): the model's own.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class DATNetModule(pl.LightningModule):
         recipe: Recipe | None = None,
         iou_types: Sequence[str] = ("bbox", "segm"),
         evaluate_proposals: bool = True,
+        proposal_protocols: Sequence[str] = ("cocoeval",),
         mid_run_reports: bool = False,
         channels_last: bool = False,
         compile: bool = False,
@@ -83,6 +89,7 @@ class DATNetModule(pl.LightningModule):
         compile_cache_dir: str | None = None,
         results_dir: str | None = None,
         finite_check_every: int = 50,
+        tta: TestTimeAugmentation | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -91,6 +98,7 @@ class DATNetModule(pl.LightningModule):
         has_mask = getattr(model.roi_heads, "has_mask", lambda: False)()
         self.iou_types = tuple(t for t in iou_types if t != "segm" or has_mask)
         self.evaluate_proposals = evaluate_proposals
+        self.proposal_protocols = tuple(proposal_protocols)
         self.mid_run_reports = mid_run_reports
         self.results_dir = results_dir
         self.skipped: defaultdict[str, list[SkippedSample]] = defaultdict(list)  # per trainer stage
@@ -102,6 +110,7 @@ class DATNetModule(pl.LightningModule):
         if finite_check_every < 1:
             raise ValueError(f"finite_check_every must be >= 1, got {finite_check_every}")
         self.finite_check_every = finite_check_every
+        self.tta = tta
         self._unchecked_steps: tuple[int, int] | None = None  # first and last step since the last check
         self._first_nonfinite_step: Tensor | None = None  # on the device: NO_STEP, or that step
         if channels_last:
@@ -260,6 +269,7 @@ class DATNetModule(pl.LightningModule):
             datamodule.label_to_category_id,
             self.iou_types,
             self.evaluate_proposals and self._full_evaluation,
+            proposal_protocols=self.proposal_protocols,
         )
         if self.aux_metrics is not None:
             self.aux_metrics.reset()
@@ -278,7 +288,8 @@ class DATNetModule(pl.LightningModule):
         sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
         # no proposals where the evaluator keeps none (recall not evaluated, or a split without annotations)
         with_aux = self._evaluates_aux_heads
-        outputs = self.model(
+        detect = self.model if self.tta is None else partial(self.tta, self.model)
+        outputs = detect(
             images,
             return_proposals=self.evaluator.max_proposals > 0,
             return_aux_maps=with_aux,

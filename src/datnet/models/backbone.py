@@ -7,10 +7,14 @@
   hub cache (``$TORCH_HOME/hub/checkpoints/<torchvision's file name>``) and downloaded there on first use
   where there is a network, as torchvision does; where the file can be had neither way the build stops at
   once with an error saying where it looked and what else to pass;
+- ``c2``: maskrcnn-benchmark's Caffe2 ImageNet weights (the paper's start, ``R-50.pkl``, ``X-101-32x8d.pkl``)
+  as ``scripts/convert_c2_weights.py`` writes them, read from the hub cache
+  (``$TORCH_HOME/hub/checkpoints/<name>-c2.pth``, ``c2_file``); without that file the build stops at once
+  with an error naming the conversion command. The model then takes the file's conventions
+  (``datnet.models.build``): BGR pixels in 0..255 minus the Caffe2 mean, and the stride of each stage in its
+  first 1x1 convolution for MSRA's ResNets (``C2_WEIGHTS``);
 - ``scratch``: random initialisation (trainable BatchNorm, every stage trained), with a warning;
-- a local path to a torchvision-format state dict (``scripts/convert_c2_weights.py`` writes one from
-  maskrcnn-benchmark's Caffe2 ImageNet pickles, ``R-50.pkl``, which put the stride of each stage in the first
-  1x1 convolution: ``stride_in_1x1=True``).
+- a local path to a torchvision-format state dict.
 """
 
 import os
@@ -18,7 +22,7 @@ import socket
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import torch
@@ -34,21 +38,46 @@ NORMS = {"bn": nn.BatchNorm2d, "frozen_bn": AutocastFrozenBatchNorm2d}
 
 
 IMAGENET = "imagenet"
+C2 = "c2"
 SCRATCH = "scratch"
+
+
+class C2Weights(NamedTuple):
+    """One of maskrcnn-benchmark's Caffe2 ImageNet pickles (``paths_catalog.py``, ``ImageNetPretrained/...``)
+    and where its ResNet strides (its configs' ``RESNETS.STRIDE_IN_1X1``)."""
+
+    pickle: str
+    stride_in_1x1: bool
+
+
+C2_WEIGHTS = {
+    "resnet50": C2Weights("R-50.pkl", True),  # MSRA
+    "resnet101": C2Weights("R-101.pkl", True),  # MSRA
+    "resnext101_32x8d": C2Weights("X-101-32x8d.pkl", False),  # FAIR
+}
+# the input they expect (``INPUT.TO_BGR255``, ``PIXEL_MEAN``, ``PIXEL_STD``), as ``model.transform``
+C2_TRANSFORM = {
+    "image_mean": [102.9801, 115.9465, 122.7717],
+    "image_std": [1.0, 1.0, 1.0],
+    "pixel_range": 255,
+    "channel_order": "bgr",
+}
 DOWNLOAD_TIMEOUT_S = 10.0  # per socket operation: no network fails in seconds, a slow one still downloads
 
 
 class WeightsUnavailableError(RuntimeError):
-    """``model.backbone.weights=imagenet`` where the file is neither in the hub cache nor downloadable."""
+    """``model.backbone.weights=imagenet`` where the file is neither in the hub cache nor downloadable, or
+    ``c2`` where the converted file is not in the hub cache."""
 
 
 def check_weights(weights: Any) -> str:
-    """``weights`` if it is ``imagenet``, ``scratch`` or a path; ``null`` (formerly random init) is an error
-    naming the choices, so that an old config does not silently change meaning."""
+    """``weights`` if it is ``imagenet``, ``c2``, ``scratch`` or a path; ``null`` (formerly random init) is an
+    error naming the choices, so that an old config does not silently change meaning."""
     if not isinstance(weights, str | os.PathLike) or not str(weights):
         raise ValueError(
             f"model.backbone.weights must be imagenet (torchvision's ImageNet weights, the paper's setting), "
-            f"scratch (random init) or a path to a local state dict; got {weights!r}"
+            f"c2 (maskrcnn-benchmark's Caffe2 ImageNet weights, converted), scratch (random init) or a path "
+            f"to a local state dict; got {weights!r}"
         )
     return str(weights)
 
@@ -118,6 +147,36 @@ def load_imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
         socket.setdefaulttimeout(previous)
 
 
+def c2_weights(name: str) -> C2Weights:
+    """maskrcnn-benchmark's Caffe2 ImageNet weights of backbone ``name``; ``ValueError`` for one without."""
+    if name not in C2_WEIGHTS:
+        raise ValueError(
+            f"model.backbone.weights=c2: Caffe2 weights exist for {sorted(C2_WEIGHTS)}, not {name}"
+        )
+    return C2_WEIGHTS[name]
+
+
+def c2_file(name: str) -> Path:
+    """Where ``model.backbone.weights=c2`` reads the converted Caffe2 weights of ``name`` and
+    ``scripts/convert_c2_weights.py`` writes them by default:
+    ``torch.hub.get_dir()/checkpoints/<name>-c2.pth`` (``$TORCH_HOME/hub/checkpoints/resnet50-c2.pth``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / f"{name}-c2.pth"
+
+
+def load_c2_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The converted Caffe2 state dict of ``name`` from the hub cache (``c2_file``);
+    ``WeightsUnavailableError`` naming the conversion command when it is not there."""
+    pickle = c2_weights(name).pickle
+    path = c2_file(name)
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"model.backbone.weights=c2: the converted Caffe2 weights of {name} are not at {path}. Convert "
+            f"maskrcnn-benchmark's {pickle} (its catalog's ImageNetPretrained file) there with "
+            f"`python scripts/convert_c2_weights.py {pickle}` (TORCH_HOME sets the cache)."
+        )
+    return load_state_dict_file(path)
+
+
 def backbone_for_checkpoint(backbone: Mapping[str, Any]) -> dict[str, Any]:
     """The backbone config of a model whose weights all come from a whole-model checkpoint: the same modules
     (BatchNorm kind and trainable stages resolved from the original ``weights``, so that the checkpoint's
@@ -160,7 +219,7 @@ def build_resnet_fpn_backbone(
     ``stride_in_1x1`` subsamples in the first 1x1 convolution of each stage (``move_stride_to_1x1_``), as the
     Caffe2 ``R-50.pkl`` weights were trained (maskrcnn-benchmark's ResNet-50 default, the paper's start).
 
-    ``weights``: ``imagenet``, ``scratch`` or a local path (module docstring).
+    ``weights``: ``imagenet``, ``c2``, ``scratch`` or a local path (module docstring).
     Returns the backbone and the ImageNet state of its stage 5 (empty from scratch), used to initialise
     ``res5`` ROI heads. ``trainable_layers`` defaults to 3 with weights and 5 without, as in torchvision.
     """
@@ -169,7 +228,11 @@ def build_resnet_fpn_backbone(
     weights = check_weights(weights)
     pretrained = is_pretrained(weights)
     # the file first: a missing one stops the run before anything is built
-    state = load_imagenet_state_dict(name) if weights == IMAGENET else None
+    state = None
+    if weights == IMAGENET:
+        state = load_imagenet_state_dict(name)
+    elif weights == C2:
+        state = load_c2_state_dict(name)
     net = get_model(name, weights=None, norm_layer=resolve_norm(norm, weights))
     if stride_in_1x1:
         for stage in (net.layer1, net.layer2, net.layer3, net.layer4):

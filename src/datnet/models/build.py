@@ -17,19 +17,23 @@ from datnet.contract import HEAD_STRIDE
 from datnet.models.aux_heads import DistanceTransformHead, SemanticHead
 from datnet.models.auxiliary import DenseAuxiliaryTasks
 from datnet.models.backbone import (
+    C2,
+    C2_TRANSFORM,
     SCRATCH,
     backbone_for_checkpoint,
     build_resnet_fpn_backbone,
+    c2_weights,
     move_stride_to_1x1_,
     resolve_norm,
 )
 from datnet.models.checkpoint import load_model_checkpoint
 from datnet.models.datnet import DATNet, DATNetTransform
 from datnet.models.fusion import FeatureFusion
+from datnet.models.init import initialise_
 from datnet.models.mixed_precision import Float32AnchorGenerator
 from datnet.models.mspwa import MultiScaleAttentionPooler
 from datnet.models.roi_feature_extractors import build_box_head, build_res5
-from datnet.models.roi_heads import Float32RoIHeads, SharedRes5RoIHeads
+from datnet.models.roi_heads import TORCHVISION_BOX_BETA, Float32RoIHeads, SharedRes5RoIHeads
 from datnet.models.rpn import BatchTopNRegionProposalNetwork, Float32RegionProposalNetwork
 
 POOLED_LEVELS = ["0", "1", "2", "3"]
@@ -45,6 +49,17 @@ DETECTOR_DEFAULTS = {
     for name, p in inspect.signature(MaskRCNN.__init__).parameters.items()
     if p.default is not p.empty and name not in BUILT_HERE
 }
+# ``model.detector`` settings of our RPN and ROI heads beyond ``MaskRCNN``'s, at torchvision's behaviour:
+# maskrcnn-benchmark's batch top N (``datnet.models.rpn``), its straddling anchors (``RPN.STRADDLE_THRESH``,
+# 0 there) and its box head's smooth-L1 beta (1 there; ``datnet.models.roi_heads``).
+EXTRA_DETECTOR_DEFAULTS = {
+    "rpn_post_nms_per_batch": False,
+    "rpn_straddle_thresh": -1.0,
+    "box_smooth_l1_beta": TORCHVISION_BOX_BETA,
+}
+# ``model.aux`` settings of the targets, which the data pipeline reads (``data.aux_image_border_is_boundary``
+# follows ``model.aux.image_border_is_boundary``, ``datnet.data.aux_targets``), not the model
+DATA_AUX_SETTINGS = ("image_border_is_boundary",)
 TRANSFORM_SETTINGS = tuple(
     name
     for name, p in inspect.signature(GeneralizedRCNNTransform.__init__).parameters.items()
@@ -120,6 +135,7 @@ def build_datnet(
     mask_pool_size: int = 14,
     sampling_ratio: int = 2,
     resize_images: bool = True,
+    init: str = "torchvision",
     checkpoint: str | None = None,
     checkpoint_strict: bool = True,
     transform: Mapping[str, Any] | None = None,
@@ -135,21 +151,28 @@ def build_datnet(
     All off (``aux.dt=aux.seg=false, pooler=fpn, box_head=2fc, mask_head=fpn``) is torchvision's Mask R-CNN.
     ``detector`` overrides torchvision ``MaskRCNN``'s keyword settings (``min_size``,
     ``box_batch_size_per_image``, ..., ``size_divisible``; an unknown name is an error), and sets
-    ``rpn_post_nms_per_batch``: the RPN's training top N counts over the batch (``datnet.models.rpn``). The
+    ``rpn_post_nms_per_batch`` (the RPN's training top N counts over the batch), ``rpn_straddle_thresh`` (the
+    anchors crossing the image border left out of its loss; ``datnet.models.rpn``) and ``box_smooth_l1_beta``
+    (the box regression loss, ``datnet.models.roi_heads``). The
     RPN and ROI heads are built with those settings as ``MaskRCNN`` builds them, with float32 box geometry
     (``datnet.models.mixed_precision``), Heavy's as ``SharedRes5RoIHeads`` (``datnet.models.roi_heads``).
-    ``backbone["weights"]`` is ``imagenet``, ``scratch`` (the default here) or a local path
+    ``backbone["weights"]`` is ``imagenet``, ``c2``, ``scratch`` (the default here) or a local path
     (``datnet.models.backbone``); ``backbone["stride_in_1x1"]`` moves each stage's stride into its first 1x1
     convolution (Caffe2 weights), in the backbone and in a res5 head alike.
     ``transform`` sets the input normalisation: ``image_mean``, ``image_std``, ``pixel_range`` (1 or 255)
-    and ``channel_order`` (``rgb`` or ``bgr``) (``DATNetTransform``). ``checkpoint`` loads a whole-model
-    state dict from a local file (``datnet.models.checkpoint``: strictly, or with ``checkpoint_strict=False``
-    every matching tensor, logging the others); the backbone is then built from scratch, with the BatchNorm
+    and ``channel_order`` (``rgb`` or ``bgr``) (``DATNetTransform``); ``weights=c2`` (maskrcnn-benchmark's
+    Caffe2 ImageNet file) sets them, and ``stride_in_1x1``, as that file was trained
+    (``with_weights_conventions``).
+    ``init`` initialises the layers that do not come from ImageNet (``datnet.models.init``: ``torchvision``
+    or ``maskrcnn_benchmark``). ``aux["image_border_is_boundary"]`` is the data pipeline's (the DT targets'
+    border rule) and is not used here. ``checkpoint`` loads a whole-model state dict from a local file
+    (``datnet.models.checkpoint``: strictly, or with ``checkpoint_strict=False`` every matching tensor,
+    logging the others); the backbone is then built from scratch, with the BatchNorm
     kind that ``weights`` implies. ``label_to_category_id`` and ``class_names`` (the data module's) map a
     torchvision COCO detector's 91 category indices onto the model's labels.
     """
     settings, transform_settings = detector_settings(detector)
-    backbone_cfg = dict(backbone or {})
+    backbone_cfg, transform = with_weights_conventions(dict(backbone or {}), transform)
     if checkpoint:  # every weight comes from the checkpoint: no ImageNet file is looked for
         backbone_cfg = backbone_for_checkpoint(backbone_cfg)
     arch = backbone_cfg.get("name", "resnet50")
@@ -160,18 +183,21 @@ def build_datnet(
 
     channels = fpn.out_channels
     box_pool, pooled_channels = build_pooler(pooler, box_pool_size, sampling_ratio, channels)
-    res5 = build_res5(arch, pooled_channels, norm_layer, stage5_state) if box_head == "res5" else None
+    res5 = build_res5(arch, pooled_channels, norm_layer, stage5_state, init) if box_head == "res5" else None
     if res5 is not None and backbone_cfg.get("stride_in_1x1", False):
         move_stride_to_1x1_(res5)
     box_extractor, representation = build_box_head(box_head, pooled_channels, box_pool_size, res5)
     box = (box_pool, box_extractor, FastRCNNPredictor(representation, num_classes), *box_settings(settings))
+    beta = settings["box_smooth_l1_beta"]
     if mask_head == "res5":
         if res5 is None:
             raise ValueError(
                 "model.mask_head=res5 (Heavy) shares the box head's res5: set model.box_head=res5"
             )
         predictor = MaskRCNNPredictor(representation, channels, num_classes)
-        roi_heads: Float32RoIHeads = SharedRes5RoIHeads(*box, mask_predictor=predictor)
+        roi_heads: Float32RoIHeads = SharedRes5RoIHeads(
+            *box, mask_predictor=predictor, box_smooth_l1_beta=beta
+        )
     elif mask_head == "fpn":
         mask_pool, mask_channels = build_pooler(pooler, mask_pool_size, sampling_ratio, channels)
         roi_heads = Float32RoIHeads(
@@ -179,11 +205,13 @@ def build_datnet(
             mask_roi_pool=mask_pool,
             mask_head=MaskRCNNHeads(mask_channels, [channels] * 4, 1),
             mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
+            box_smooth_l1_beta=beta,
         )
     else:
-        roi_heads = Float32RoIHeads(*box)
+        roi_heads = Float32RoIHeads(*box, box_smooth_l1_beta=beta)
 
-    auxiliary = build_auxiliary(num_classes, fusion=fusion, channels=channels, **dict(aux or {}))
+    aux_settings = {k: v for k, v in (aux or {}).items() if k not in DATA_AUX_SETTINGS}
+    auxiliary = build_auxiliary(num_classes, fusion=fusion, channels=channels, **aux_settings)
     model = DATNet(
         fpn,
         build_rpn(channels, settings),
@@ -197,20 +225,34 @@ def build_datnet(
         ),
         auxiliary,
     )
+    initialise_(model, init)
     if checkpoint:
         load_model_checkpoint(model, checkpoint, checkpoint_strict, label_to_category_id, class_names)
     return model
 
 
+def with_weights_conventions(
+    backbone: dict[str, Any], transform: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``model.backbone`` and ``model.transform`` as the backbone's weights need them: for ``weights=c2``,
+    maskrcnn-benchmark's Caffe2 file, the stride placement (``C2Weights.stride_in_1x1``) and the input
+    (``C2_TRANSFORM``) it was trained with, over the configured ones; otherwise as configured."""
+    transform = dict(transform or {})
+    if backbone.get("weights") != C2:
+        return backbone, transform
+    stride_in_1x1 = c2_weights(backbone.get("name", "resnet50")).stride_in_1x1
+    return {**backbone, "stride_in_1x1": stride_in_1x1}, {**transform, **C2_TRANSFORM}
+
+
 def detector_settings(detector: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``model.detector`` over torchvision's defaults (``DETECTOR_DEFAULTS``, and
-    ``rpn_post_nms_per_batch=False``), and its transform settings (``TRANSFORM_SETTINGS``)."""
+    """``model.detector`` over torchvision's defaults (``DETECTOR_DEFAULTS``, ``EXTRA_DETECTOR_DEFAULTS``),
+    and its transform settings (``TRANSFORM_SETTINGS``)."""
     detector = dict(detector or {})
     for key in ("image_mean", "image_std"):
         if key in detector:
             raise ValueError(f"set model.transform.{key}, not model.detector.{key}")
     transform = {key: detector.pop(key) for key in TRANSFORM_SETTINGS if key in detector}
-    settings = {**DETECTOR_DEFAULTS, "rpn_post_nms_per_batch": False}
+    settings = {**DETECTOR_DEFAULTS, **EXTRA_DETECTOR_DEFAULTS}
     unknown = sorted(set(detector) - set(settings))
     if unknown:
         raise ValueError(f"model.detector: unknown settings {unknown}; known: {sorted(settings)}")
@@ -234,7 +276,8 @@ def build_rpn(channels: int, settings: Mapping[str, Any]) -> Float32RegionPropos
     """The RPN over pyramid levels of ``channels`` channels as ``MaskRCNN`` builds it from ``settings``
     (``rpn_*``), with float32 anchors and box coding (``datnet.models.mixed_precision``), keeping in training
     the ``rpn_post_nms_top_n_train`` best proposals of the batch if ``rpn_post_nms_per_batch``, of each image
-    otherwise (``datnet.models.rpn``)."""
+    otherwise, and leaving the anchors that cross the image border by more than ``rpn_straddle_thresh``
+    pixels out of the loss when it is >= 0 (``datnet.models.rpn``)."""
     anchors = Float32AnchorGenerator(ANCHOR_SIZES, ANCHOR_ASPECT_RATIOS)
     per_batch = settings["rpn_post_nms_per_batch"]
     rpn = BatchTopNRegionProposalNetwork if per_batch else Float32RegionProposalNetwork
@@ -249,6 +292,7 @@ def build_rpn(channels: int, settings: Mapping[str, Any]) -> Float32RegionPropos
         {"training": settings["rpn_post_nms_top_n_train"], "testing": settings["rpn_post_nms_top_n_test"]},
         settings["rpn_nms_thresh"],
         score_thresh=settings["rpn_score_thresh"],
+        straddle_thresh=settings["rpn_straddle_thresh"],
     )
 
 

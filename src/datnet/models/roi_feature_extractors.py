@@ -9,25 +9,38 @@ from torch import Tensor, nn
 from torchvision.models import get_model
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPHead
 
+from datnet.models.init import resnet_conv_init_
+
 RES5_PLANES = 512
 
 
 def build_res5(
-    arch: str, in_channels: int, norm_layer: type[nn.Module], init_state: dict | None = None
+    arch: str,
+    in_channels: int,
+    norm_layer: type[nn.Module],
+    init_state: dict | None = None,
+    init: str = "torchvision",
 ) -> nn.Sequential:
     """Stage 5 (``layer4``) of torchvision's ``arch`` taking ``in_channels`` input channels.
 
     ``init_state`` is the backbone's ImageNet ``layer4`` state; tensors whose shapes match are copied (all of
-    them when ``in_channels`` equals the backbone's stage-4 width, 1024 for ResNet-50 and ResNeXt-101).
+    them when ``in_channels`` equals the backbone's stage-4 width, 1024 for ResNet-50 and ResNeXt-101; all
+    but the first block's ``conv1`` and ``downsample`` convolution with FPN's 256 channels). The
+    convolutions it does not fill keep PyTorch's default initialisation (``_make_layer`` runs after
+    ``ResNet``'s own initialisation) with ``init=torchvision``, and take maskrcnn-benchmark's ResNet rule
+    with ``init=maskrcnn_benchmark`` (``datnet.models.init``).
     """
     net = get_model(arch, weights=None, norm_layer=norm_layer)
     block = type(net.layer4[0])
     net.inplanes = in_channels
     res5 = net._make_layer(block, RES5_PLANES, len(net.layer4), stride=2)
-    if init_state:
-        own = res5.state_dict()
-        matching = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
-        res5.load_state_dict(matching, strict=False)
+    own = res5.state_dict()
+    matching = {k: v for k, v in (init_state or {}).items() if k in own and own[k].shape == v.shape}
+    res5.load_state_dict(matching, strict=False)
+    if init == "maskrcnn_benchmark":
+        for name, module in res5.named_modules():
+            if isinstance(module, nn.Conv2d) and f"{name}.weight" not in matching:
+                resnet_conv_init_(module)
     return res5
 
 

@@ -1,5 +1,6 @@
-"""The RPN (Sec. 3, Fig. 2): torchvision's, with float32 box coding and, as an option, maskrcnn-benchmark's
-training-time proposal budget, the top N of the whole batch.
+"""The RPN (Sec. 3, Fig. 2): torchvision's, with float32 box coding and, as options, two details of
+maskrcnn-benchmark's: the training-time proposal budget, the top N of the whole batch, and the anchors that
+cross the image border left out of the loss.
 
 The paper trains "with the settings from [10]" in maskrcnn-benchmark [23]. Its RPN post-processing
 (``modeling/rpn/inference.py``, ``RPNPostProcessor.select_over_all_levels``) keeps, in training, the
@@ -7,15 +8,26 @@ The paper trains "with the settings from [10]" in maskrcnn-benchmark [23]. Its R
 together (its comment: per batch "to be consistent with Detectron"); at test, 1000 per image. torchvision
 keeps ``rpn_post_nms_top_n_train = 2000`` per image. With the paper's 2 images per GPU, the batch rule gives
 about 1000 proposals per image, and more to the image with more confident objects.
+
+maskrcnn-benchmark's anchor generator (``modeling/rpn/anchor_generator.py``, ``add_visibility_to``) marks an
+anchor visible when it lies inside the image (the resized image, before padding) within
+``RPN.STRADDLE_THRESH = 0`` pixels, and its RPN loss (``modeling/rpn/loss.py``, ``prepare_targets``) labels
+every other anchor -1, ignored by the sampler, after matching (a ground truth's best anchor may be one of
+them).
+torchvision (and detectron2, ``BOUNDARY_THRESH = -1``) trains on every anchor.
 """
 
 from typing import Any
 
 import torch
 from torch import Tensor
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from datnet.models.mixed_precision import Float32BoxCoder
+
+IMAGE_SIZE = "image_size"
+"""The key under which ``Float32RegionProposalNetwork`` hands a target's image size (H, W) to the matching."""
 
 
 def top_n_over_batch(boxes: list[Tensor], scores: list[Tensor], n: int) -> tuple[list[Tensor], list[Tensor]]:
@@ -33,16 +45,58 @@ def top_n_over_batch(boxes: list[Tensor], scores: list[Tensor], n: int) -> tuple
     return kept_boxes, [s[m] for s, m in zip(scores, masks, strict=True)]
 
 
+def straddling(anchors: Tensor, image_size: tuple[int, int], thresh: float) -> Tensor:
+    """Which of ``anchors`` (Nx4 xyxy) are not inside the ``image_size`` (H, W) image within ``thresh``
+    pixels: maskrcnn-benchmark's anchors without "visibility" (module docstring)."""
+    height, width = image_size
+    inside = (
+        (anchors[:, 0] >= -thresh)
+        & (anchors[:, 1] >= -thresh)
+        & (anchors[:, 2] < width + thresh)
+        & (anchors[:, 3] < height + thresh)
+    )
+    return ~inside
+
+
 class Float32RegionProposalNetwork(RegionProposalNetwork):
     """torchvision's ``RegionProposalNetwork`` (same arguments, settings and state dict) encoding its
     regression targets and decoding its proposals in at least float32 (``Float32BoxCoder``, with
     torchvision's weights ``(1, 1, 1, 1)`` and clipping): under autocast the anchor matching's targets and
     the proposals are not bfloat16 (``datnet.models.mixed_precision``); in float32 it is torchvision's RPN
-    bit for bit. Give it a ``Float32AnchorGenerator`` for float32 anchors."""
+    bit for bit. Give it a ``Float32AnchorGenerator`` for float32 anchors.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    ``straddle_thresh`` >= 0 (``model.detector.rpn_straddle_thresh``; maskrcnn-benchmark: 0) leaves the
+    anchors that cross the image border by more than that many pixels out of the loss (label -1, as the
+    anchors between the IoU thresholds); -1 (torchvision) trains on every anchor.
+    """
+
+    def __init__(self, *args: Any, straddle_thresh: float = -1.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.box_coder = Float32BoxCoder(self.box_coder.weights, self.box_coder.bbox_xform_clip)
+        self.straddle_thresh = straddle_thresh
+
+    def forward(
+        self,
+        images: ImageList,
+        features: dict[str, Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """torchvision's RPN; with a straddle threshold, each target carries its image's size
+        (``IMAGE_SIZE``) to ``assign_targets_to_anchors``."""
+        if targets is not None and self.straddle_thresh >= 0:
+            targets = [{**t, IMAGE_SIZE: size} for t, size in zip(targets, images.image_sizes, strict=True)]
+        return super().forward(images, features, targets)
+
+    def assign_targets_to_anchors(
+        self, anchors: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """torchvision's labels (1 object, 0 background, -1 ignored) and matched boxes; with a straddle
+        threshold, the anchors crossing the image border are relabelled -1."""
+        labels, matched_gt_boxes = super().assign_targets_to_anchors(anchors, targets)
+        if self.straddle_thresh >= 0:
+            for image_labels, image_anchors, target in zip(labels, anchors, targets, strict=True):
+                image_labels[straddling(image_anchors, target[IMAGE_SIZE], self.straddle_thresh)] = -1.0
+        return labels, matched_gt_boxes
 
 
 class BatchTopNRegionProposalNetwork(Float32RegionProposalNetwork):

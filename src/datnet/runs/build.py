@@ -11,6 +11,7 @@ from datnet.lightning.checkpoints import RunConfigInCheckpoint
 from datnet.lightning.module import DATNetModule
 from datnet.lightning.requeue import RequeueOnSignal
 from datnet.models import load_model_checkpoint
+from datnet.models.tta import TestTimeAugmentation
 from datnet.runs.launch import check_world_size, enable_nccl_error_handling, warn_cpu_processes
 from datnet.runs.loggers import instantiate_callbacks, instantiate_loggers
 from datnet.runs.plan import RunPlan
@@ -77,10 +78,23 @@ def build_trainer(plan: RunPlan, callbacks: list[pl.Callback]) -> pl.Trainer:
     return trainer
 
 
+def build_tta(cfg: DictConfig) -> TestTimeAugmentation | None:
+    """The test-time augmentation of ``cfg.tta`` (conf/eval.yaml, docs/tta.md) for images the data pipeline
+    resized to ``data.min_size``; None when it is off (``tta.flip`` false and ``tta.scales`` null, or no
+    ``tta`` node: training)."""
+    tta = cfg.get("tta")
+    if tta is None or (not tta.flip and tta.scales is None):
+        return None
+    return TestTimeAugmentation(cfg.data.min_size, tta.scales, tta.flip)
+
+
 def build_module(plan: RunPlan, model: nn.Module) -> DATNetModule:
     """The LightningModule: with the optimizer and the plan's scaled recipe for training, without for
-    evaluation; its reports go to ``<output dir>/results``."""
+    evaluation (through ``cfg.tta``'s test-time augmentation when it is on); its reports go to
+    ``<output dir>/results``."""
     cfg = plan.cfg
     optimizer = instantiate(cfg.optimizer, lr=plan.recipe.lr) if plan.recipe is not None else None
     results_dir = str(plan.output_dir / "results")
-    return DATNetModule(model, optimizer, plan.recipe, results_dir=results_dir, **cfg.get("module", {}))
+    return DATNetModule(
+        model, optimizer, plan.recipe, results_dir=results_dir, tta=build_tta(cfg), **cfg.get("module", {})
+    )
