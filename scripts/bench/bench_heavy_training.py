@@ -62,6 +62,7 @@ def build_heavy(size: int, backbone: str, rois: int) -> nn.Module:
             f"model.detector.min_size={size}",
             f"model.detector.max_size={size}",
             f"model.detector.box_batch_size_per_image={rois}",
+            "model.num_classes=81",
         ]
     )
     return instantiate(cfg.model).train()

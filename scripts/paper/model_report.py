@@ -41,6 +41,7 @@ COMPONENTS = {
     "ROI heads": "roi_heads",
 }
 OTHER = "other"
+COCO_NUM_CLASSES = 81  # 80 categories and the background, unless model.num_classes is given
 
 
 def count_parameters_of_preset(preset: str, backbone: str, num_classes: int) -> int:
@@ -91,7 +92,7 @@ def build_configured_model(overrides: list[str], size: int) -> nn.Module:
         ],
         config_name="train",
     )
-    return instantiate(cfg.model).eval()
+    return instantiate(cfg.model, num_classes=cfg.model.num_classes or COCO_NUM_CLASSES).eval()
 
 
 def module_flops(counts: dict[str, dict], name: str) -> int:

@@ -221,6 +221,7 @@ def test_maskrcnn_preset_is_torchvision_maskrcnn():
             "model.backbone.weights=scratch",  # torchvision's random init (trainable BN)
             "model.detector.min_size=128",
             "model.detector.max_size=160",
+            "model.num_classes=81",
         ]
     )
     ours = instantiate(cfg.model)

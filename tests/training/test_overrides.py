@@ -1,8 +1,10 @@
 """An unknown key on the command line is named with the closest existing keys before Hydra runs (issue 21)."""
 
 import pytest
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
-from datnet.configs import CONF_DIR
+from datnet.configs import CONF_DIR, compose_config
 from datnet.runs.overrides import UnknownKeyError, check_override_keys, exit_on_unknown_keys, override_args
 
 
@@ -37,3 +39,11 @@ def test_documented_commands_pass_the_check(config_name: str, argv: list[str]) -
 
 def test_hydra_flags_and_their_values_are_not_overrides() -> None:
     assert override_args(["--cfg", "job", "-m", "a=1", "-cn", "eval", "b=2"]) == ["a=1", "b=2"]
+
+
+def test_an_added_unknown_model_key_names_the_closest_one() -> None:
+    """``+model.aux.dtt=true`` gets past Hydra (a new key); the model's builder then names it and the key it
+    resembles, instead of a ``TypeError`` from a constructor."""
+    cfg = compose_config(["experiment=demo", "+model.aux.dtt=true"], config_name="train")
+    with pytest.raises(InstantiationException, match=r"model\.aux\.dtt \(did you mean model\.aux\.dt"):
+        instantiate(cfg.model, num_classes=4, resize_images=False)

@@ -86,6 +86,7 @@ def test_cli_trains_checkpoints_and_eval_reproduces_metrics(tmp_path, shapes_ove
     trained = json.loads(lines[0][len("METRICS ") :])
     assert trained == json.loads((run_dir / "metrics.json").read_text())
     assert trained["step"] == 2 and (run_dir / "config_tree.log").exists() and (run_dir / ".hydra").exists()
+    assert "num_classes: 4" in (run_dir / "config_tree.log").read_text()  # the shapes' 3 + background
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 2
 

@@ -1,5 +1,6 @@
 """Builds DATNet from the values of ``conf/model/*.yaml``: every switch of the paper is an argument here."""
 
+import difflib
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -123,8 +124,16 @@ def build_auxiliary(
     )
 
 
+# the ``model.aux`` settings of the model: ``build_auxiliary``'s, but those build_datnet gives it itself
+AUX_SETTINGS = tuple(
+    name
+    for name in inspect.signature(build_auxiliary).parameters
+    if name not in ("num_classes", "fusion", "channels")
+)
+
+
 def build_datnet(
-    num_classes: int = 81,
+    num_classes: int | None = 81,
     backbone: Mapping[str, Any] | None = None,
     aux: Mapping[str, Any] | None = None,
     fusion: str = "sum",
@@ -187,6 +196,11 @@ def build_datnet(
     if res5 is not None and backbone_cfg.get("stride_in_1x1", False):
         move_stride_to_1x1_(res5)
     box_extractor, representation = build_box_head(box_head, pooled_channels, box_pool_size, res5)
+    if num_classes is None:
+        raise ValueError(
+            "model.num_classes is null: the run sets it from the data (its categories + background); "
+            "building the model alone needs it, e.g. model.num_classes=81 (COCO)"
+        )
     box = (box_pool, box_extractor, FastRCNNPredictor(representation, num_classes), *box_settings(settings))
     beta = settings["box_smooth_l1_beta"]
     if mask_head == "res5":
@@ -211,6 +225,7 @@ def build_datnet(
         roi_heads = Float32RoIHeads(*box, box_smooth_l1_beta=beta)
 
     aux_settings = {k: v for k, v in (aux or {}).items() if k not in DATA_AUX_SETTINGS}
+    check_settings("model.aux", aux_settings, AUX_SETTINGS)
     auxiliary = build_auxiliary(num_classes, fusion=fusion, channels=channels, **aux_settings)
     model = DATNet(
         fpn,
@@ -253,10 +268,24 @@ def detector_settings(detector: Mapping[str, Any] | None) -> tuple[dict[str, Any
             raise ValueError(f"set model.transform.{key}, not model.detector.{key}")
     transform = {key: detector.pop(key) for key in TRANSFORM_SETTINGS if key in detector}
     settings = {**DETECTOR_DEFAULTS, **EXTRA_DETECTOR_DEFAULTS}
-    unknown = sorted(set(detector) - set(settings))
-    if unknown:
-        raise ValueError(f"model.detector: unknown settings {unknown}; known: {sorted(settings)}")
+    check_settings("model.detector", detector, settings)
     return {**settings, **detector}, transform
+
+
+def check_settings(section: str, given: Mapping[str, Any], known: Sequence[str] | Mapping[str, Any]) -> None:
+    """Raises ``ValueError`` naming each setting of ``section`` (a config key) that is not ``known``, with
+    the closest known ones (a ``+model.aux.dtt=true`` on the command line ends here)."""
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, list(known), n=2, cutoff=0.6)
+        hints.append(
+            f"{section}.{key}"
+            + (f" (did you mean {', '.join(f'{section}.{c}' for c in close)}?)" if close else "")
+        )
+    raise ValueError(f"unknown settings: {'; '.join(hints)}; known: {sorted(known)}")
 
 
 def box_settings(settings: Mapping[str, Any]) -> tuple[Any, ...]:

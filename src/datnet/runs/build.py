@@ -3,7 +3,7 @@ arguments: the data module, the model, the callbacks and loggers, the Trainer an
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.accelerators import CPUAccelerator
 from torch import nn
 
@@ -31,9 +31,10 @@ def build_model(
     went through ``datnet.runs.config.for_checkpoint``). Training and evaluation leave resizing to the data
     pipeline, which computes the auxiliary targets on the resized image; prediction on raw images resizes in
     the model (``resize_images``)."""
+    with open_dict(cfg):  # the config records the number the model is built with (config_tree.log)
+        cfg.model.num_classes = datamodule.num_classes
     model = instantiate(
         cfg.model,
-        num_classes=datamodule.num_classes,
         resize_images=resize_images,
         label_to_category_id=datamodule.label_to_category_id,
         class_names=datamodule.class_names,
