@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check in one command, on a GPU machine's own Python and torch (scripts/gpu/gpu_check.py says what
-# it measures; README "Checking a GPU machine" how to read the report).
+# it measures; docs/tools.md "Checking a GPU machine" how to read the report). Real COCO batches come from
+# $DATNET_SHARED_DATA/tiny_coco (default ../shared/data beside the repository). The device tool sends the
+# repository only, not ../shared: copy the set into the ignored .device_data/ first and carry it (18 MB),
+#   mkdir -p .device_data && cp -r ../shared/data/tiny_coco .device_data/
+#   run(command="DATNET_SHARED_DATA=.device_data bash scripts/gpu_check.sh", carry=[".whl", ".device_data"])
 #
-#   bash scripts/gpu_check.sh [gpu_check.py options]     # e.g. --deadline 540, --parts train_bf16 table7
+#   bash scripts/gpu_check.sh [gpu_check.py options]     # e.g. --deadline 540, --parts coco_step coco_compile
 #
 # The project's packages that such a machine lacks travel as wheels in .whl/ (scripts/gpu/device_wheels.sh
 # makes them here): they are installed with --no-deps into a temporary site, never over the machine's own

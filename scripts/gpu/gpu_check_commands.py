@@ -1,6 +1,6 @@
 """The GPU check's parts that run the project's own commands (``src/train.py``, ``scripts/paper/table7.py``)
 in a process of their own and read what they print and log: ``commands``, ``train_bf16``, ``train_fp16``,
-``train_compile``, ``ddp_multirun``, ``table7`` and ``table7_compile``."""
+``ddp_multirun``, ``table7`` and ``table7_compile``."""
 
 import csv
 import json
@@ -83,7 +83,6 @@ def part_commands(ctx: Context) -> dict[str, Any]:
         "train_bf16": [*train_overrides(ctx, run_dir), "trainer.precision=bf16-mixed"],
         "train_fp16": [*train_overrides(ctx, run_dir), "trainer.precision=16-mixed"],
         "ddp_multirun": [*train_overrides(ctx, run_dir), *ctx.settings.ddp_trainer, "seed=1"],
-        "train_compile": [*train_overrides(ctx, run_dir), "module.compile=true"],
     }
     for args in commands.values():
         run_command(ctx, ["src/train.py", *args, "--cfg", "job"], timeout=60)
@@ -115,11 +114,6 @@ def part_train_bf16(ctx: Context) -> dict[str, Any]:
 
 def part_train_fp16(ctx: Context) -> dict[str, Any]:
     return train_part(ctx, "16-mixed")
-
-
-def part_train_compile(ctx: Context) -> dict[str, Any]:
-    """``module.compile=true``: the dense part compiled (inductor) for training and evaluation, bf16."""
-    return train_part(ctx, "bf16-mixed", "module.compile=true")
 
 
 def part_ddp_multirun(ctx: Context) -> dict[str, Any]:

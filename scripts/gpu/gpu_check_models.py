@@ -1,5 +1,5 @@
-"""The GPU check's parts that build models in their own process and measure them there: ``model_checks``,
-``train_step`` and ``channels_last``."""
+"""The GPU check's parts that build models in their own process and check them there: ``model_checks`` and
+``channels_last``; and what every such part uses (models, the real training loader on tiny_coco, one step)."""
 
 import math
 import statistics
@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 from gpu_check_settings import Context
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
 
 # --- models, data and steps ---
@@ -50,23 +52,31 @@ def build_model(ctx: Context, preset: str, *overrides: str) -> torch.nn.Module:
     return instantiate(cfg.model, num_classes=81, resize_images=False).to(s.device)
 
 
-def train_loader(ctx: Context) -> torch.utils.data.DataLoader:
-    """The shapes data through the real training pipeline (resize to ``min_size``/``max_size``, flips,
-    jitter, DT and semantic targets in the loader workers), ``batch_size`` images per batch."""
-    from datnet.data.datamodule import ShapesDataModule
+def train_config(ctx: Context, batch_size: int, preset: str = "light") -> DictConfig:
+    """``conf/train.yaml`` as a COCO training run of ``preset`` composes it, on tiny_coco
+    (:func:`datnet.configs.shared_data_root`), multi-scale, ``batch_size`` images per batch and the check's
+    loader workers (its ``schedule`` is the paper's 1x). Its ``data`` is the same for the three presets (their
+    ``model.aux.loss_stride``, which ``data.aux_stride`` follows, is 1)."""
+    from datnet.configs import compose_config, shared_data_root
 
     s = ctx.settings
-    datamodule = ShapesDataModule(
-        ctx.work_dir.parent / "data" / "shapes_check",
-        num_train=64,
-        num_val=4,
-        batch_size=s.batch_size,
-        num_workers=s.num_workers,
-        min_size=s.min_size,
-        max_size=s.max_size,
-        pin_memory=s.device == "cuda",
+    root = shared_data_root() / "tiny_coco"
+    if not (root / "annotations").is_dir():
+        raise FileNotFoundError(f"no tiny_coco at {root} (set DATNET_SHARED_DATA to the shared data folder)")
+    overrides = [f"data.root={root}", f"data.batch_size={batch_size}", f"data.num_workers={s.num_workers}"]
+    pin = str(s.device == "cuda").lower()
+    return compose_config(
+        ["data=coco", f"model={preset}", *overrides, f"data.pin_memory={pin}", *s.loader_overrides], "train"
     )
-    return datamodule.train_dataloader()
+
+
+def coco_data(ctx: Context, batch_size: int, preset: str = "light") -> Any:
+    """The COCO data module of :func:`train_config`: its ``train_dataloader`` is the project's real training
+    loader (multi-scale resize, flips, jitter, DT and semantic targets in the loader workers, aspect-ratio
+    groups)."""
+    from hydra.utils import instantiate
+
+    return instantiate(train_config(ctx, batch_size, preset).data)
 
 
 def to_device(batch: tuple, device: str) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
@@ -89,7 +99,7 @@ def training_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return {k: float(v) for k, v in losses.items()}
+    return {k: float(v.detach()) for k, v in losses.items()}
 
 
 def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -97,7 +107,7 @@ def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
 
 
-def cycle(loader: torch.utils.data.DataLoader) -> Iterator:
+def cycle(loader: DataLoader) -> Iterator:
     while True:
         yield from loader
 
@@ -184,48 +194,10 @@ def p2_anchor_report(model: torch.nn.Module, image: torch.Tensor, device: str) -
     return report
 
 
-def part_train_step(ctx: Context) -> dict[str, Any]:
-    """Light vs Mask R-CNN, each for ``warmup`` + ``steps`` steps from the real loader: median step time
-    (device work only), mean time waiting on the loader per step, peak GPU memory."""
-    s = ctx.settings
-    batches = cycle(train_loader(ctx))
-    rows = {}
-    for preset in ("maskrcnn", "light"):
-        model = build_model(ctx, preset).train()
-        optimizer = sgd(model)
-        reset_peak_memory(s.device)
-        step_ms, wait_ms, shapes = [], [], set()
-        for step in range(s.warmup + s.steps):
-            synchronize(s.device)
-            t0 = time.perf_counter()
-            batch = next(batches)
-            t1 = time.perf_counter()
-            images, targets = to_device(batch, s.device)
-            losses = training_step(model, optimizer, images, targets, s.device)
-            synchronize(s.device)
-            t2 = time.perf_counter()
-            if step >= s.warmup:
-                wait_ms.append(1000 * (t1 - t0))
-                step_ms.append(1000 * (t2 - t1))
-                shapes.add(tuple(max(i.shape[d] for i in images) for d in (1, 2)))
-        rows[preset] = {
-            "step_ms_median": round(statistics.median(step_ms), 1),
-            "loader_wait_ms_mean": round(statistics.mean(wait_ms), 1),
-            "peak_memory_mb": peak_memory_mb(s.device),
-            "image_sizes": sorted(shapes),
-            "last_losses": {k: round(v, 4) for k, v in losses.items()},
-        }
-        del model, optimizer
-    rows["light_over_maskrcnn_step"] = round(
-        rows["light"]["step_ms_median"] / rows["maskrcnn"]["step_ms_median"], 3
-    )
-    return {"batch_size": s.batch_size, "num_workers": s.num_workers, "precision": "bf16 autocast", **rows}
-
-
 def part_channels_last(ctx: Context) -> dict[str, Any]:
     """Heavy's training step with and without channels-last, on the same cached batches, interleaved."""
     s = ctx.settings
-    batches = cycle(train_loader(ctx))
+    batches = cycle(coco_data(ctx, s.batch_size, "heavy").train_dataloader())
     cached = [to_device(next(batches), s.device) for _ in range(2)]
     models = {
         "contiguous": build_model(ctx, "heavy").train(),

@@ -1,11 +1,19 @@
 """The GPU check's sizes (``full`` on a GPU, ``smoke`` on a CPU) and the context every part runs in."""
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 TAIL_CHARS = 3000  # of an error or an output kept in the report
+RESULT_PREFIX = "PART_RESULT "  # a part's result line; the last one printed is the part's result
+
+
+def report_partial(result: dict) -> None:
+    """Prints what a part has measured so far as its result: the report keeps it (``partial``) if the part is
+    killed at its time limit later."""
+    print(RESULT_PREFIX + json.dumps({"status": "ok", "result": result}), flush=True)
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,11 @@ class Settings:
     warmup: int = 3
     steps: int = 10
     train_steps: int = 30
+    step_batch_sizes: tuple[int, ...] = (2, 4)  # coco_step: the paper's 2 images per GPU, and 4
+    val_images: int = 8  # coco_step: tiny_coco val images timed for the validation estimate
+    compile_steps: int = 60  # coco_compile: steps of the eager and of the compiled model
+    compile_backend: str = "inductor"
+    loader_overrides: tuple[str, ...] = ("data.multiscale=true",)  # the tiny_coco training loader
     model_overrides: tuple[str, ...] = ()
     train_overrides: tuple[str, ...] = ()
     table7_args: tuple[str, ...] = ("--backbones", "resnet50", "--num-images", "4", "--repeats", "5")
@@ -47,8 +60,19 @@ SMOKE = Settings(
     max_size=128,
     num_workers=0,
     warmup=1,
-    steps=2,
+    steps=1,
     train_steps=2,
+    step_batch_sizes=(1, 2),
+    val_images=1,
+    compile_steps=2,
+    compile_backend="eager",  # Dynamo's capture only: Inductor takes minutes of C++ on a CPU
+    loader_overrides=(
+        "data.multiscale=true",
+        "data.multiscale_range=[64,96]",
+        "data.multiscale_max_size=128",
+        "data.min_size=96",
+        "data.max_size=128",
+    ),
     model_overrides=(
         "model.backbone.out_channels=32",
         "model.detector.box_batch_size_per_image=16",

@@ -82,6 +82,14 @@ def test_proposals_are_kept_up_to_max_and_scored_by_rank(prediction: dict) -> No
     assert none.proposals.shape == (0, 4) and none.records(7, "rpn") == []
 
 
+def test_bfloat16_predictions_become_float32_arrays(prediction: dict) -> None:
+    """Under CPU bf16 autocast boxes, scores and proposals leave the model in bfloat16, which NumPy lacks."""
+    low = {k: v.bfloat16() if k in ("boxes", "scores", "proposals") else v for k, v in prediction.items()}
+    results = ImageResults.from_prediction(low, LABELS, with_masks=False, max_proposals=1000)
+    assert results.boxes.dtype == results.scores.dtype == results.proposals.dtype == np.float32
+    assert results.scores.tolist() == [0.75, 0.25] and results.proposals.shape == (3, 4)
+
+
 def test_equality_compares_every_array(prediction: dict) -> None:
     def compact(**changes: torch.Tensor) -> ImageResults:
         return ImageResults.from_prediction({**prediction, **changes}, LABELS, True, 1000)

@@ -55,8 +55,9 @@ def encode_masks(masks: Tensor) -> list[dict]:
 
 
 def _array(tensor: Tensor, dtype: type) -> np.ndarray:
-    """``tensor`` as a NumPy array of ``dtype`` on the CPU."""
-    return tensor.detach().cpu().numpy().astype(dtype, copy=False)
+    """``tensor`` (boxes, scores) as a NumPy array of ``dtype`` on the CPU, through float32: NumPy has no
+    bfloat16, in which the model's outputs leave it under CPU bf16 autocast."""
+    return tensor.detach().float().cpu().numpy().astype(dtype, copy=False)
 
 
 @dataclass(eq=False)
