@@ -22,3 +22,12 @@ def test_committed_notebook_has_its_outputs():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code and all(cell.get("outputs") for cell in code)
+
+
+def test_committed_figures_are_from_the_current_code(load_script):
+    """The committed outputs were made by the notebook's current cells and drawing/target code: after a change
+    to either, `make notebook` re-executes it (``scripts/run_notebook.py`` stamps the fingerprint)."""
+    run_notebook = load_script("run_notebook")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    recorded = notebook.metadata.get("datnet", {}).get("fingerprint")
+    assert recorded == run_notebook.fingerprint(notebook), "stale notebook outputs: run `make notebook`"
