@@ -3,8 +3,9 @@
     .venv/bin/python scripts/run_notebook.py            # or: make notebook
 
 Runs ``notebooks/datnet_demo.ipynb`` top to bottom (``DATNET_NOTEBOOK_STEPS`` training steps, default 150,
-a few CPU minutes) and records in its metadata (``datnet.fingerprint``) a hash of its code cells and of the
-code its figures come from (``DRAWN_BY``); ``tests/notebooks/test_notebook.py`` fails when that hash no
+a few CPU minutes), drops the cells' stderr and outputs naming this machine's paths and records in its
+metadata (``datnet.fingerprint``) a hash of its code cells and of the code its figures come from
+(``DRAWN_BY``); ``tests/notebooks/test_notebook.py`` fails when that hash no
 longer matches, i.e. when the committed figures are stale.
 """
 
@@ -34,10 +35,25 @@ def fingerprint(notebook: nbformat.NotebookNode) -> str:
     return digest.hexdigest()
 
 
+def machine_specific(output: nbformat.NotebookNode) -> bool:
+    """A stderr stream (warnings, Lightning's log lines), or any output naming this checkout's path (rich's
+    warnings come as display data)."""
+    return (output.output_type == "stream" and output.name == "stderr") or str(REPO) in str(output)
+
+
+def drop_machine_output(notebook: nbformat.NotebookNode) -> None:
+    """Removes the cells' machine-specific outputs (:func:`machine_specific`); the results, printed output
+    and figures stay."""
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [output for output in cell.outputs if not machine_specific(output)]
+
+
 def main() -> int:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     resources = {"metadata": {"path": str(REPO)}}
     NotebookClient(notebook, timeout=1800, kernel_name="python3", resources=resources).execute()  # raises
+    drop_machine_output(notebook)
     notebook.metadata["datnet"] = {"fingerprint": fingerprint(notebook)}
     nbformat.write(notebook, NOTEBOOK)
     print(f"executed and wrote {NOTEBOOK.relative_to(REPO)}")

@@ -31,3 +31,10 @@ def test_committed_figures_are_from_the_current_code(load_script):
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     recorded = notebook.metadata.get("datnet", {}).get("fingerprint")
     assert recorded == run_notebook.fingerprint(notebook), "stale notebook outputs: run `make notebook`"
+
+
+def test_committed_outputs_name_no_machine_paths():
+    """The committed outputs say nothing of the machine they ran on (``scripts/run_notebook.py`` drops stderr
+    and outputs naming the checkout)."""
+    text = NOTEBOOK.read_text()
+    assert str(NOTEBOOK.parents[1]) not in text and "site-packages" not in text
