@@ -4,9 +4,6 @@ the real images of the run's data (the shapes data, generated small)."""
 import json
 
 import pytest
-import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from datnet.configs import compose_config
 
@@ -20,20 +17,12 @@ RUN = [
 
 
 @pytest.fixture(scope="module")
-def run_checkpoint(tmp_path_factory) -> str:
+def run_checkpoint(tmp_path_factory, write_random_run) -> str:
     """``<run>/checkpoints/last.ckpt`` of a random Light model (ResNet-18, 64-channel pyramid) trained, as
     its ``<run>/.hydra/config.yaml`` says, on 3 shapes images."""
     root = tmp_path_factory.mktemp("export_run")
     data = [f"data.root={root / 'shapes'}", "data.num_train=2", "data.num_val=3"]
-    cfg = compose_config([*RUN, *data], config_name="train")
-    (root / ".hydra").mkdir()
-    OmegaConf.save(cfg, root / ".hydra" / "config.yaml")
-    torch.manual_seed(0)
-    model = instantiate(cfg.model, num_classes=instantiate(cfg.data).num_classes)
-    (root / "checkpoints").mkdir()
-    checkpoint = root / "checkpoints" / "last.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, checkpoint)
-    return str(checkpoint)
+    return str(write_random_run(root, compose_config([*RUN, *data], config_name="train")))
 
 
 def test_onnx_check_of_a_run_matches_and_writes_the_label_space(

@@ -131,7 +131,7 @@ def test_detections_are_drawn_alike_on_uint8_and_float_images():
 
 
 @pytest.fixture
-def tiny_coco_run(shared_data_dir, tmp_path) -> tuple[Path, Path]:
+def tiny_coco_run(shared_data_dir, tmp_path, write_random_run) -> tuple[Path, Path]:
     """A training run directory as ``src/train.py`` leaves it (``.hydra/config.yaml``, the composed config
     without the hydra node, and ``checkpoints/last.ckpt``, a Lightning checkpoint) for a small model of tiny
     COCO (4 train and 2 val images, 80 categories with COCO ids up to 90); and the val annotation file."""
@@ -146,12 +146,7 @@ def tiny_coco_run(shared_data_dir, tmp_path) -> tuple[Path, Path]:
     data = ["data=coco", f"data.root={root}", f"data.train_ann_file={tmp_path / 'train.json'}"]
     cfg = compose_config([*RUN, *data, f"data.val_ann_file={tmp_path / 'val.json'}"], config_name="train")
     run_dir = tmp_path / "run"
-    (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    model = instantiate(cfg.model, num_classes=instantiate(cfg.data).num_classes)
-    (run_dir / "checkpoints").mkdir()
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "global_step": 2}, run_dir / "checkpoints" / "last.ckpt")
+    write_random_run(run_dir, cfg, global_step=2)
     return run_dir, tmp_path / "val.json"
 
 

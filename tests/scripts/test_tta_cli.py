@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from datnet.configs import PROJECT_ROOT, compose_config
@@ -18,19 +16,12 @@ RUN = ["experiment=demo", "data.min_size=64", "data.max_size=96", "data.num_work
 
 
 @pytest.fixture
-def shapes_run(tmp_path) -> Path:
+def shapes_run(tmp_path, write_random_run) -> Path:
     """A training run directory as ``src/train.py`` leaves it (``.hydra/config.yaml``, a Lightning
     ``checkpoints/last.ckpt`` of random weights) for the shapes data, generated small (4 train, 2 val)."""
     data = [f"data.root={tmp_path / 'shapes'}", "data.num_train=4", "data.num_val=2", "data.val_batch_size=2"]
-    cfg = compose_config([*RUN, *data], config_name="train")
     run_dir = tmp_path / "run"
-    (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    torch.manual_seed(0)
-    model = instantiate(cfg.model, num_classes=instantiate(cfg.data).num_classes)
-    (run_dir / "checkpoints").mkdir()
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "global_step": 2}, run_dir / "checkpoints" / "last.ckpt")
+    write_random_run(run_dir, compose_config([*RUN, *data], config_name="train"), global_step=2)
     return run_dir
 
 
