@@ -167,6 +167,12 @@ class DATNet(GeneralizedRCNN):
             return None
         return self.auxiliary.batch_targets(targets, image_sizes, padded_size)
 
+    @property
+    def dense_part(self) -> Callable:
+        """``dense_features``, or its compiled form once ``datnet.models.compile_dense_`` was applied: what
+        ``forward`` (and test-time augmentation) runs."""
+        return self._compiled_dense_features or self.dense_features
+
     def __getstate__(self) -> dict:
         """Pickled and deep-copied without the compiled dense part (as ``nn.Module.compile`` does): it is
         bound to this instance, so a copy runs eagerly until it is compiled again."""
@@ -195,7 +201,7 @@ class DATNet(GeneralizedRCNN):
             output_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         output_sizes = [(int(h), int(w)) for h, w in output_sizes]
         image_list, targets = self.transform(images, targets)
-        dense_features = self._compiled_dense_features or self.dense_features
+        dense_features = self.dense_part
         aux_targets = self.batched_aux_targets(targets, image_list.image_sizes, image_list.tensors.shape[-2:])
         features, aux_losses, aux_maps = dense_features(image_list.tensors, aux_targets, return_aux_maps)
         proposals, proposal_losses = self.rpn(image_list, features, targets)

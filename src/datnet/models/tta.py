@@ -210,9 +210,7 @@ class TestTimeAugmentation:
             images.append(image.flip(-1) if view.flip else image)
         tensors = model.transform.batch_images(images, size_divisible=model.transform.size_divisible)
         image_list = ImageList(tensors, [(int(i.shape[-2]), int(i.shape[-1])) for i in images])
-        # the compiled dense part when datnet.models.compile_dense_ set one, as DATNet.forward uses it
-        dense_features = model._compiled_dense_features or model.dense_features
-        features, _, aux_maps = dense_features(tensors, None, return_aux_maps)
+        features, _, aux_maps = model.dense_part(tensors, None, return_aux_maps)  # compiled, if it was
         proposals, _ = model.rpn(image_list, features)
         return ViewPass(view, image_list, features, proposals, aux_maps)
 
